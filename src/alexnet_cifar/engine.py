@@ -1,0 +1,328 @@
+"""The training engine: SGD over the whole data set held on the training device.
+
+Batch 4 makes every step tiny, so the time goes to Python, data loading and kernel launches rather
+than arithmetic. The engine therefore
+- keeps the uint8 data set on the device and gathers, converts and resizes each batch there;
+- shuffles with a seeded generator on the device;
+- accumulates loss, correct count and the first non-finite step on the device, reading them once per
+  epoch (and every ``poll_every`` steps, to stop a diverged run early) instead of every step;
+- on CUDA, captures the whole step (gather, resize, forward, loss, backward, SGD update) as one CUDA
+  graph and replays it. The CPU runs the same step eagerly.
+
+After every epoch it writes a checkpoint (model, optimizer, RNG states, history), so a killed job
+resumes from the last completed epoch; ``history.jsonl`` and ``model.pt`` are written once, at the end.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .atomic import atomic_path, write_text
+from .config import RunSettings
+from .models import build_model, get_spec
+
+HISTORY_FILE, MODEL_FILE, CHECKPOINT_FILE = "history.jsonl", "model.pt", "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingInterrupted(Exception):
+    """A stop was requested (SIGTERM/SIGINT); the last completed epoch is in the checkpoint."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@dataclass
+class StopFlag:
+    """Set from a signal handler; the training loop looks at it between steps (no host sync)."""
+    signum: int | None = None
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise TrainingInterrupted(self.signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals(flag: StopFlag, signums=(signal.SIGTERM, signal.SIGINT)) -> Iterator[StopFlag]:
+    """Turn SIGTERM/SIGINT (what SLURM sends before a time limit or preemption) into ``flag``."""
+    def handler(signum, _frame):
+        flag.signum = signum
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
+    """Everything PyTorch needs for repeatable results (or the fastest kernels when off)."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+
+
+def to_model_input(images_u8: torch.Tensor, size: int, channels_last: bool = False) -> torch.Tensor:
+    """uint8 NCHW 32x32 -> float in [-1, 1] (ToTensor + Normalize(0.5, 0.5)), bilinear to size x size."""
+    x = images_u8.float().mul_(2.0 / 255.0).sub_(1.0)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@dataclass
+class EpochTotals:
+    """Per-epoch sums kept on the device; read with one sync at the end of the epoch."""
+    device: torch.device
+    loss_sum: torch.Tensor = field(init=False)
+    correct: torch.Tensor = field(init=False)
+    first_bad_step: torch.Tensor = field(init=False)
+    step: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self.step = torch.zeros((), dtype=torch.int64, device=self.device)
+
+    def reset(self, first_step: int) -> None:
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        self.step.fill_(first_step)
+
+
+class Trainer:
+    """Trains one run. ``train()`` returns the history (one dict per epoch)."""
+
+    def __init__(self, settings: RunSettings, data, device: torch.device, *,
+                 log: Callable[[str], None] = print, stop: StopFlag | None = None,
+                 poll_every: int = 1000) -> None:
+        self.s, self.device, self.log = settings, device, log
+        self.stop = stop or StopFlag()
+        self.poll_every = poll_every
+        self.input_size = get_spec(settings.model).input_size
+        configure_determinism(settings.deterministic, device)
+        torch.manual_seed(settings.seed)
+        self.model = build_model(settings.model, settings.num_classes, settings.deterministic).to(device)
+        if settings.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=settings.lr, momentum=settings.momentum,
+            weight_decay=settings.weight_decay, foreach=True)
+        self.order_rng = torch.Generator(device=device)
+        self.order_rng.manual_seed(settings.seed)
+        self.train_x = torch.as_tensor(data.train_images).to(device)
+        self.train_y = torch.as_tensor(data.train_labels, dtype=torch.int64).to(device)
+        self.test_x = torch.as_tensor(data.test_images).to(device)
+        self.test_y = torch.as_tensor(data.test_labels, dtype=torch.int64).to(device)
+        self.totals = EpochTotals(device)
+        self.batch_idx = torch.zeros(settings.batch_size, dtype=torch.int64, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.use_graph = device.type == "cuda" and settings.cuda_graph
+        self.history: list[dict] = []
+        self.steps_done = 0  # optimizer steps so far, over all epochs
+        self.warmup_left = 3  # eager steps before capturing the CUDA graph
+
+    # -- the step -------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.s.bf16)
+
+    def _step(self, idx: torch.Tensor) -> None:
+        """One SGD step on the images at ``idx``; everything it produces stays on the device."""
+        t = self.totals
+        x = to_model_input(self.train_x.index_select(0, idx), self.input_size, self.s.channels_last)
+        y = self.train_y.index_select(0, idx)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        self.optimizer.step()
+        loss = loss.detach()
+        t.loss_sum.add_(loss * idx.numel())
+        t.correct.add_((logits.detach().argmax(1) == y).sum())
+        t.step.add_(1)  # global, 1-based number of this step
+        bad = torch.logical_and(~torch.isfinite(loss), t.first_bad_step < 0)
+        t.first_bad_step.copy_(torch.where(bad, t.step, t.first_bad_step))
+
+    def _capture(self) -> None:
+        """Capture ``_step`` on ``batch_idx`` as a CUDA graph (after eager warm-up steps)."""
+        self.graph = torch.cuda.CUDAGraph()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            self._step(self.batch_idx)
+
+    def _run_full_batch(self, idx: torch.Tensor) -> None:
+        if not self.use_graph:
+            self._step(idx)
+            return
+        self.batch_idx.copy_(idx)
+        if self.graph is None and self.warmup_left > 0:
+            self.warmup_left -= 1
+            # Warm-up on a side stream, as the CUDA graph recipe asks: real training steps that
+            # also create the optimizer's momentum buffers before capture.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._step(self.batch_idx)
+            torch.cuda.current_stream().wait_stream(side)
+            return
+        if self.graph is None:
+            self._capture()  # capturing records the step without running it
+        self.graph.replay()
+
+    # -- epochs ---------------------------------------------------------------------------
+    def train_epoch(self) -> tuple[float, float, int | None]:
+        """One pass over the shuffled training set: (mean loss, accuracy %, diverged_at_step)."""
+        bs, n = self.s.batch_size, self.train_x.shape[0]
+        self.model.train()
+        self.totals.reset(self.steps_done)
+        order = torch.randperm(n, generator=self.order_rng, device=self.device)
+        full = n // bs
+        batches = order[: full * bs].view(full, bs)
+        seen = 0
+        for i in range(full):
+            self.stop.check()
+            self._run_full_batch(batches[i])
+            seen += bs
+            if (i + 1) % self.poll_every == 0 and self.totals.first_bad_step.item() >= 0:
+                break  # one host sync every poll_every steps lets a diverged run stop early
+        else:
+            if seen < n:  # the last, smaller batch runs eagerly (a graph has fixed shapes)
+                self.stop.check()
+                self._step(order[seen:])
+                seen = n
+        self.steps_done = int(self.totals.step.item())
+        first_bad = int(self.totals.first_bad_step.item())
+        return (float(self.totals.loss_sum.item()) / seen, 100.0 * int(self.totals.correct.item()) / seen,
+                first_bad if first_bad >= 0 else None)
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy (%) on the test set, in large batches, dropout off."""
+        self.model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        n, eb = self.test_x.shape[0], self.s.eval_batch_size
+        for start in range(0, n, eb):
+            x = to_model_input(self.test_x[start:start + eb], self.input_size, self.s.channels_last)
+            y = self.test_y[start:start + eb]
+            with self._autocast():
+                logits = self.model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+        self.model.train()
+        return float(loss_sum.item()) / n, 100.0 * int(correct.item()) / n
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state(self, fingerprint: str) -> dict:
+        cuda = self.device.type == "cuda"
+        return {
+            "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": len(self.history),
+            "steps_done": self.steps_done, "history": self.history,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "data_order": self.order_rng.get_state(),
+                    "cuda": torch.cuda.get_rng_state(self.device) if cuda else None},
+        }
+
+    def save_checkpoint(self, path: Path, fingerprint: str) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(self.state(fingerprint), tmp)
+
+    def load_checkpoint(self, path: Path, fingerprint: str) -> bool:
+        """Resume from ``path`` if it belongs to this run; set it aside (and start fresh) if not."""
+        if not path.exists():
+            return False
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+            problem = ("it was written by other settings or data" if ck.get("fingerprint") != fingerprint
+                       or ck.get("format") != CHECKPOINT_FORMAT else None)
+            if problem is None:
+                self.model.load_state_dict(ck["model"])
+                self.optimizer.load_state_dict(ck["optimizer"])
+                torch.set_rng_state(ck["rng"]["torch"])
+                self.order_rng.set_state(ck["rng"]["data_order"])
+                if self.device.type == "cuda" and ck["rng"]["cuda"] is not None:
+                    torch.cuda.set_rng_state(ck["rng"]["cuda"], self.device)
+                self.history, self.steps_done = list(ck["history"]), int(ck["steps_done"])
+                self.log(f"resuming from {path} after epoch {ck['epoch']}")
+                return True
+        except Exception as exc:  # unreadable: truncated, corrupt, another format
+            problem = f"it cannot be read ({type(exc).__name__}: {exc})"
+        aside = path.with_name(f"{path.stem}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
+        os.replace(path, aside)
+        self.log(f"not resuming from {path}: {problem}; moved it to {aside.name}, starting fresh")
+        return False
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def format_epoch_line(record: dict, epochs: int, eta_seconds: float | None) -> str:
+    def num(key, fmt):
+        return "nan" if record[key] is None else format(record[key], fmt)
+    line = (f"epoch {record['epoch']}/{epochs} train_loss {num('train_loss', '.4f')} "
+            f"train_acc {num('train_acc', '.2f')}% test_loss {num('test_loss', '.4f')} "
+            f"test_acc {num('test_acc', '.2f')}% {record['seconds']:.1f}s")
+    if record.get("diverged_at_step") is not None:
+        line += f" DIVERGED at step {record['diverged_at_step']}: training stopped"
+    elif eta_seconds is not None:
+        line += f" eta {time.strftime('%H:%M:%S', time.gmtime(eta_seconds))}"
+    return line
+
+
+def fit(settings: RunSettings, data, out_dir: str | os.PathLike, device: torch.device, *,
+        data_md5: str, log: Callable[[str], None] = print, stop: StopFlag | None = None,
+        poll_every: int = 1000) -> tuple[list[dict], int]:
+    """Train one run into ``out_dir``: ``history.jsonl`` and ``model.pt`` at the end, a checkpoint
+    after every epoch (removed once the outputs exist). Resumes from a matching checkpoint.
+    Returns the history and the number of epochs taken over from the checkpoint."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = out_dir / CHECKPOINT_FILE
+    fingerprint = settings.fingerprint(data_md5)
+    trainer = Trainer(settings, data, device, log=log, stop=stop, poll_every=poll_every)
+    trainer.load_checkpoint(checkpoint, fingerprint)
+    history = trainer.history
+    resumed_from = len(history)
+    diverged = any(r.get("diverged_at_step") is not None for r in history)
+    while len(history) < settings.epochs and not diverged:
+        started = time.perf_counter()
+        train_loss, train_acc, bad_step = trainer.train_epoch()
+        test_loss, test_acc = trainer.evaluate()  # reads the results: the epoch's work is done
+        record = {
+            "epoch": len(history) + 1, "train_loss": _finite_or_none(train_loss), "train_acc": train_acc,
+            "test_loss": _finite_or_none(test_loss), "test_acc": test_acc,
+            "lr": trainer.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
+            "diverged_at_step": bad_step,
+        }
+        history.append(record)
+        diverged = bad_step is not None
+        mean_seconds = sum(r["seconds"] for r in history) / len(history)
+        log(format_epoch_line(record, settings.epochs, mean_seconds * (settings.epochs - len(history))))
+        if not diverged and len(history) < settings.epochs:
+            trainer.save_checkpoint(checkpoint, fingerprint)
+    with atomic_path(out_dir / MODEL_FILE) as tmp:
+        torch.save({"model": settings.model, "num_classes": settings.num_classes,
+                    "settings": settings.result_params(), "state_dict": trainer.model.state_dict()}, tmp)
+    write_text(out_dir / HISTORY_FILE, "".join(json.dumps(r, allow_nan=False) + "\n" for r in history))
+    checkpoint.unlink(missing_ok=True)
+    return history, resumed_from
+
+
+def read_history(path: str | os.PathLike) -> list[dict]:
+    """The records of a ``history.jsonl``, one per epoch."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,0 +1,124 @@
+"""The model registry: the two AlexNet variants, selectable by name.
+
+- ``paper``: the layers of Krizhevsky et al. (2012) without local response normalisation, as a
+  single-GPU network: 96-256-384-384-256 filters, 227x227 input, 9216-4096-4096-N classifier.
+- ``torchvision``: ``torchvision.models.alexnet`` (the "one weird trick" variant, 64-192-384-256-256
+  filters, 224x224 input), used as the library builds it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+
+class PaperAlexNet(nn.Module):
+    """AlexNet as in the paper, without LRN. Only a 227x227 input gives the 6x6x256 = 9216 features
+    its first linear layer is built for, so any other size is refused with a clear error."""
+
+    input_size = 227
+
+    def __init__(self, num_classes: int = 10, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 96, kernel_size=11, stride=4),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(96, 256, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(256, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=dropout),
+            nn.Linear(256 * 6 * 6, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(p=dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            raise ValueError(
+                f"the 'paper' AlexNet needs {self.input_size}x{self.input_size} inputs, "
+                f"got {x.shape[-2]}x{x.shape[-1]}; resize the images to {self.input_size}"
+            )
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class PoolToMultiple(nn.Module):
+    """Drop-in for ``nn.AdaptiveAvgPool2d`` with a deterministic CUDA backward.
+
+    PyTorch has no deterministic CUDA kernel for the backward of adaptive average pooling. When the
+    input is an exact multiple of the output size (224x224 input gives 6x6 features, so the pool is
+    the identity), adaptive pooling is a plain ``avg_pool2d`` with kernel = stride = input/output,
+    whose backward is deterministic. Other sizes fall back to the adaptive op (and PyTorch's own
+    determinism check then reports it).
+    """
+
+    def __init__(self, output_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.output_size = tuple(output_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (h, w), (oh, ow) = x.shape[-2:], self.output_size
+        if (h, w) == (oh, ow):
+            return x
+        if h % oh == 0 and w % ow == 0:
+            return F.avg_pool2d(x, kernel_size=(h // oh, w // ow))
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+
+def torchvision_alexnet(num_classes: int = 10, deterministic: bool = False) -> nn.Module:
+    model = torchvision.models.alexnet(weights=None, num_classes=num_classes)
+    if deterministic:
+        model.avgpool = PoolToMultiple(model.avgpool.output_size)
+    return model
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    input_size: int
+    build: Callable[..., nn.Module]
+    description: str
+
+
+MODELS: dict[str, ModelSpec] = {
+    "paper": ModelSpec(
+        "paper", 227, lambda num_classes, deterministic=False: PaperAlexNet(num_classes),
+        "AlexNet as in the paper (96-256-384-384-256, no LRN), 227x227 input",
+    ),
+    "torchvision": ModelSpec(
+        "torchvision", 224, torchvision_alexnet,
+        "torchvision.models.alexnet (64-192-384-256-256), 224x224 input",
+    ),
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None
+
+
+def build_model(name: str, num_classes: int = 10, deterministic: bool = False) -> nn.Module:
+    """A freshly initialised model (PyTorch's default initialisation) from the registry."""
+    return get_spec(name).build(num_classes=num_classes, deterministic=deterministic)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

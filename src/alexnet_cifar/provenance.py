@@ -1,0 +1,53 @@
+"""What a run was made with: settings, software, hardware, code version, times."""
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torchvision
+
+from .config import RunSettings
+
+
+def git_commit(start: Path | None = None) -> str | None:
+    """The commit of the checkout this package runs from (``+dirty`` if it has changes), if any."""
+    where = start or Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(settings: RunSettings, device: torch.device, *, data_md5: str, started: str,
+               resumed_from_epoch: int) -> dict:
+    cuda = device.type == "cuda"
+    return {
+        "settings": {**settings.result_params(), "device": settings.device, "cuda_graph": settings.cuda_graph,
+                     "eval_batch_size": settings.eval_batch_size},
+        "seed": settings.seed,
+        "data_md5": data_md5,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "versions": {
+            "python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
+        },
+        "git_commit": git_commit(),
+        "host": platform.node(),
+        "started": started,
+        "finished": now(),
+        "resumed_from_epoch": resumed_from_epoch,
+    }

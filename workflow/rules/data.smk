@@ -1,0 +1,38 @@
+# The data set: a local rule (compute nodes often have no internet), then an npz the trainings share.
+# The URL is not a param: switching to a mirror with the same MD5 retrains nothing.
+
+
+localrules:
+    download,
+
+
+rule download:
+    output:
+        f"{DATADIR}/cifar-10-python.tar.gz",
+    params:
+        md5=config["dataset"]["md5"],
+    log:
+        f"{OUTDIR}/logs/download.log",
+    conda:
+        ENV
+    script:
+        "../scripts/download.py"
+
+
+rule prepare:
+    input:
+        rules.download.output,
+    output:
+        f"{DATADIR}/cifar10.npz",
+    params:
+        md5=config["dataset"]["md5"],
+        limit_train=config["dataset"].get("limit_train"),
+        limit_test=config["dataset"].get("limit_test"),
+    log:
+        f"{OUTDIR}/logs/prepare.log",
+    benchmark:
+        f"{OUTDIR}/benchmarks/prepare.tsv"
+    conda:
+        ENV
+    script:
+        "../scripts/prepare.py"
