@@ -266,12 +266,12 @@ def _read_batches(archive: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Check every member of the tar, then read and check the six batches."""
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            members = tar.getmembers()
+            listed = tar.getmembers()
             # tarfile takes a garbled header for the end of the archive; reading the gzip stream to
             # its end checks its CRC, so a damaged file is reported as such, not as a missing batch
             while tar.fileobj.read(_CHUNK):  # type: ignore[union-attr]
                 pass
-            members = _check_members(members)
+            members = _check_members(listed)
             wanted = [members[f"{BATCH_DIR}/{b}"] for b in (*TRAIN_BATCHES, TEST_BATCH)]
             batches = {}
             # in archive order: the gzip stream then needs one pass, not one per batch
@@ -280,6 +280,8 @@ def _read_batches(archive: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 payload = tar.extractfile(member).read()  # type: ignore[union-attr]
                 batches[short] = _check_batch(_unpickle(payload, short), short)
             return batches
+    except PermissionError as e:
+        raise DataError(f"cannot read {archive}: {e}; check its permissions") from e
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise DataError(f"archive {archive} is damaged ({e}): {_REFETCH}") from e
 

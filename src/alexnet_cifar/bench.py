@@ -1,0 +1,259 @@
+"""Speed benchmark: the original experiment's training loop against the engine, on one device.
+
+Each row times ``steps`` SGD steps at batch 4 (after ``warmup`` untimed ones) of one model with one
+training loop, all in this process on the same device:
+
+- ``plain``: the original loop: a DataLoader over PIL images resized on the CPU, and
+  ``loss.item()`` (a host sync) every step;
+- ``engine`` and its variants (:data:`ENGINE_LOOPS`): :class:`alexnet_cifar.engine.Trainer`, data on
+  the device, the whole step captured as a CUDA graph on CUDA.
+
+``protocol_minutes`` projects the training steps of the reported protocol (50 epochs of 50,000
+images) from the measured step time; evaluation is not included.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms
+
+from .atomic import write_text
+from .config import RunSettings
+from .data import load_npz
+from .models import MODELS, build_model, get_spec
+
+BATCH_SIZE, LR, MOMENTUM = 4, 0.001, 0.9
+PROTOCOL_STEPS = 50 * 50_000 // BATCH_SIZE  # 50 epochs of 12,500 steps
+COLUMNS = ["model", "loop", "device_name", "ms_per_step", "images_per_s", "protocol_minutes", "peak_mem_mb"]
+#: Engine loops by name: RunSettings fields that differ from the engine's defaults.
+ENGINE_LOOPS: dict[str, dict] = {
+    "engine": {},
+    "engine-eager": {"cuda_graph": False},  # on the CPU the same as "engine": it never uses a graph
+    "engine+bf16+channels_last": {"bf16": True, "channels_last": True},
+}
+DEFAULT_LOOPS = ("plain", "engine")
+
+
+class PilImages(torch.utils.data.Dataset):
+    """The original data path: each uint8 image becomes a PIL image, then goes through ``transform``."""
+
+    def __init__(self, images_nchw: np.ndarray, labels: np.ndarray, transform) -> None:
+        self.images = np.ascontiguousarray(images_nchw.transpose(0, 2, 3, 1))  # HWC, as torchvision's CIFAR10
+        self.labels = labels.astype(np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def resolve_device(requested: str) -> torch.device:
+    """auto: the current CUDA GPU if there is one, else the CPU (the bench may run anywhere)."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return torch.device("cpu")
+    if not requested.startswith("cuda"):
+        raise ValueError(f"device: must be auto, cpu, cuda or cuda:N, got {requested!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {requested}: no CUDA GPU is available; use --device cpu or auto")
+    device = torch.device(requested)
+    index = torch.cuda.current_device() if device.index is None else device.index
+    torch.cuda.set_device(index)  # the engine's warm-up stream and graph use the current device
+    return torch.device("cuda", index)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_steps(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
+    """Milliseconds per call of ``step`` over ``steps`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def _plain_ms(model_name: str, data, device: torch.device, warmup: int, steps: int) -> float:
+    cuda = device.type == "cuda"
+    # The original ran with PyTorch's defaults; an earlier engine row turns cudnn.benchmark on.
+    torch.backends.cudnn.benchmark = False
+    size = get_spec(model_name).input_size
+    transform = transforms.Compose([
+        transforms.Resize(size), transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    loader = torch.utils.data.DataLoader(
+        PilImages(data.train_images, data.train_labels, transform), batch_size=BATCH_SIZE,
+        shuffle=True, num_workers=4 if cuda else 0, pin_memory=cuda)
+
+    def batches() -> Iterator:
+        while True:  # a new epoch (and, as in the original, new workers) when the data run out
+            yield from loader
+
+    torch.manual_seed(0)
+    model = build_model(model_name).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    source = batches()
+
+    def step() -> None:
+        x, y = next(source)
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        loss.item()  # the original read the loss every step: a host sync per step
+
+    try:
+        return _time_steps(step, warmup, steps, device)
+    finally:
+        source.close()  # drops the DataLoader iterator, which stops its workers
+
+
+def _engine_ms(model_name: str, data, device: torch.device, warmup: int, steps: int,
+               overrides: Mapping) -> float:
+    from .engine import Trainer
+
+    settings = RunSettings(model=model_name, batch_size=BATCH_SIZE, lr=LR, momentum=MOMENTUM,
+                           device=str(device), **overrides)
+    trainer = Trainer(settings, data, device, log=lambda _: None)
+    # Warm-up must include the CUDA graph's eager warm-up steps and its capture.
+    warmup = max(warmup, trainer.warmup_left + 1) if trainer.use_graph else warmup
+    # Shuffled full batches, as train_epoch draws them, made before timing (one randperm an epoch).
+    n, total = trainer.train_x.shape[0], warmup + steps
+    if n < BATCH_SIZE:
+        raise ValueError(f"the bench needs at least {BATCH_SIZE} training images, got {n}")
+    full = n // BATCH_SIZE
+    gen = torch.Generator(device=device).manual_seed(0)
+    order = torch.cat([torch.randperm(n, generator=gen, device=device)[: full * BATCH_SIZE]
+                       for _ in range(-(-total // full))]).view(-1, BATCH_SIZE)
+    rows = iter(order)
+
+    # Trainer.train_epoch always runs a whole epoch (12,500 steps on the real data) and reads its
+    # results; timing an exact number of steps needs the single step it is built on. A public
+    # ``Trainer.train_step(idx)`` wrapping ``_run_full_batch`` would remove this private call.
+    def step() -> None:
+        trainer._run_full_batch(next(rows))
+
+    return _time_steps(step, warmup, steps, device)
+
+
+def run_bench(data_path, models: Sequence[str], steps: int, device: str | torch.device, out_dir, *,
+              warmup: int = 20, loops: Sequence[str] = DEFAULT_LOOPS,
+              engine_options: Mapping[str, Mapping] = ENGINE_LOOPS,
+              log: Callable[[str], None] = lambda _: None) -> pd.DataFrame:
+    """Time every (model, loop) pair; write ``out_dir/bench.csv`` and ``out_dir/bench.md``.
+
+    ``loops`` names ``plain`` and keys of ``engine_options`` (engine variants as RunSettings
+    overrides). Returns the rows of ``bench.csv``.
+    """
+    models, loops = list(dict.fromkeys(models)), list(dict.fromkeys(loops))
+    for name in models:
+        get_spec(name)
+    unknown = [loop for loop in loops if loop != "plain" and loop not in engine_options]
+    if unknown:
+        raise ValueError(f"unknown loop(s) {', '.join(unknown)}; choose from: plain, {', '.join(engine_options)}")
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    name, cuda = device_name(dev), dev.type == "cuda"
+    data = load_npz(data_path)
+    records = []
+    for model_name in models:
+        for loop in loops:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(dev)
+            log(f"bench: {model_name} / {loop} on {name}: {warmup} warm-up + {steps} timed steps")
+            if loop == "plain":
+                ms = _plain_ms(model_name, data, dev, warmup, steps)
+            else:
+                ms = _engine_ms(model_name, data, dev, warmup, steps, engine_options[loop])
+            peak = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else math.nan
+            gc.collect()  # the row's model, optimizer, graph and loader went out of scope above
+            if cuda:
+                torch.cuda.empty_cache()
+            records.append({"model": model_name, "loop": loop, "device_name": name, "ms_per_step": ms,
+                            "images_per_s": BATCH_SIZE * 1000 / ms,
+                            "protocol_minutes": ms * PROTOCOL_STEPS / 60000, "peak_mem_mb": peak})
+            log(f"bench: {model_name} / {loop}: {ms:.2f} ms/step")
+    frame = pd.DataFrame(records, columns=COLUMNS)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(out_dir / "bench.csv", frame.to_csv(index=False))
+    write_text(out_dir / "bench.md", bench_markdown(frame, steps=steps, warmup=warmup))
+    return frame
+
+
+def bench_markdown(frame: pd.DataFrame, *, steps: int, warmup: int) -> str:
+    """The bench table in markdown, with the device, the step counts and the speedups over ``plain``."""
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else f"{value:,.2f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in COLUMNS) + " |" for _, row in frame.iterrows()]
+    devices = ", ".join(dict.fromkeys(frame["device_name"]))
+    lines += ["", f"Device: {devices}; batch {BATCH_SIZE}; {steps} timed steps per row after {warmup} "
+                  f"warm-up steps; protocol_minutes = 50 epochs x {PROTOCOL_STEPS // 50:,} steps, training only."]
+    speedups = []
+    for model_name, rows in frame.groupby("model", sort=False):
+        ms = dict(zip(rows["loop"], rows["ms_per_step"]))
+        if "plain" in ms:
+            others = [f"{loop} {ms['plain'] / value:.2f}x" for loop, value in ms.items() if loop != "plain"]
+            if others:
+                speedups.append(f"{model_name}: {', '.join(others)}")
+    if speedups:
+        lines.append(f"Speedup over plain: {'; '.join(speedups)}.")
+    return "\n".join(lines) + "\n"
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand to an ``argparse`` subparsers object."""
+    p = subparsers.add_parser("bench", help="time the original training loop against the engine: "
+                                            "DIR/bench.csv and DIR/bench.md")
+    p.add_argument("--data", required=True, help="npz written by 'prepare'")
+    p.add_argument("--models", type=_names, default=list(MODELS), help="comma-separated (default: all)")
+    p.add_argument("--steps", type=int, required=True, help="timed steps per row")
+    p.add_argument("--warmup", type=int, default=20, help="untimed steps per row first (default 20)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available, else the CPU), cpu, cuda or cuda:N")
+    p.add_argument("--loops", type=_names, default=list(DEFAULT_LOOPS),
+                   help=f"comma-separated from: plain, {', '.join(ENGINE_LOOPS)} (default: plain,engine)")
+    p.add_argument("--out", required=True, help="output folder")
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
+    """Run the bench from ``add_parser``'s arguments and print the markdown table."""
+    run_bench(args.data, args.models, args.steps, args.device, args.out, warmup=args.warmup,
+              loops=args.loops, log=lambda message: print(message, file=sys.stderr, flush=True))
+    print((Path(args.out) / "bench.md").read_text(encoding="utf-8"), end="")

@@ -1,0 +1,167 @@
+"""The training engine on the CPU: same numbers as a plain loop, resume, determinism, signals."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alexnet_cifar.config import RunSettings
+from alexnet_cifar.data import Cifar10Arrays
+from alexnet_cifar.engine import Trainer, fit, read_history
+from alexnet_cifar.models import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def arrays(n_train=24, n_test=8, seed=0) -> Cifar10Arrays:
+    rng = np.random.default_rng(seed)
+    return Cifar10Arrays(rng.integers(0, 256, (n_train, 3, 32, 32), dtype=np.uint8),
+                         rng.integers(0, 10, n_train).astype(np.int64),
+                         rng.integers(0, 256, (n_test, 3, 32, 32), dtype=np.uint8),
+                         rng.integers(0, 10, n_test).astype(np.int64))
+
+
+def no_dropout(model):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def test_engine_matches_a_straightforward_loop():
+    """Same seed, dropout off: the engine's per-epoch losses and final weights equal a plain loop's."""
+    torch.set_num_threads(2)
+    data, epochs = arrays(n_train=22), 3  # 22 images: five full batches of 4 and one of 2
+    settings = RunSettings(model="torchvision", epochs=epochs, lr=0.01, device="cpu")
+    trainer = Trainer(settings, data, torch.device("cpu"), log=lambda _: None)
+    no_dropout(trainer.model)
+    engine_losses = [trainer.train_epoch()[0] for _ in range(epochs)]
+
+    torch.manual_seed(settings.seed)
+    model = no_dropout(build_model("torchvision"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    order_rng = torch.Generator().manual_seed(settings.seed)
+    images, labels = torch.from_numpy(data.train_images), torch.from_numpy(data.train_labels)
+    reference_losses = []
+    for _ in range(epochs):
+        total = 0.0
+        for batch in torch.randperm(len(labels), generator=order_rng).split(4):
+            x = F.interpolate(images[batch].float() / 127.5 - 1, size=(224, 224), mode="bilinear")
+            loss = F.cross_entropy(model(x), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        reference_losses.append(total / len(labels))
+    assert engine_losses == pytest.approx(reference_losses, rel=1e-5)
+    assert engine_losses[-1] < engine_losses[0]  # it learns at all
+    for a, b in zip(trainer.model.parameters(), model.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def write_npz(path: Path, data: Cifar10Arrays) -> Path:
+    np.savez(path, **data._asdict())
+    return path
+
+
+def train_cmd(npz, out, *extra):
+    return [sys.executable, "-m", "alexnet_cifar", "train", "--data", str(npz), "--model", "torchvision",
+            "--out", str(out), "--device", "cpu", "--deterministic", "--threads", "1", "--eval-batch-size", "8",
+            *extra]
+
+
+def strip_time(history):
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    return write_npz(tmp_path_factory.mktemp("data") / "data.npz", arrays(n_train=40, n_test=8))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(npz, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    subprocess.run(train_cmd(npz, out, "--epochs", "3"), check=True, capture_output=True, timeout=600)
+    return read_history(out / "history.jsonl")
+
+
+def test_two_runs_with_the_same_seed_are_identical(npz, tmp_path, uninterrupted):
+    subprocess.run(train_cmd(npz, tmp_path, "--epochs", "3"), check=True, capture_output=True, timeout=600)
+    assert strip_time(read_history(tmp_path / "history.jsonl")) == strip_time(uninterrupted)
+    assert len(uninterrupted) == 3
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 128 + 15)])
+def test_an_interrupted_run_resumes_to_the_same_history(npz, tmp_path, uninterrupted, signum, status):
+    log = tmp_path / "train.log"
+    proc = subprocess.Popen(train_cmd(npz, tmp_path, "--epochs", "3", "--log", str(log)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "checkpoint.pt").exists():  # written after the first epoch
+        assert proc.poll() is None and time.monotonic() < deadline, "training ended before its checkpoint"
+        time.sleep(0.05)
+    time.sleep(0.3)  # inside the second epoch
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == status
+    assert not (tmp_path / "history.jsonl").exists()
+    assert (tmp_path / "checkpoint.pt").exists()
+
+    subprocess.run(train_cmd(npz, tmp_path, "--epochs", "3", "--log", str(log)), check=True,
+                   capture_output=True, timeout=600)
+    assert "resuming from" in log.read_text() and "after epoch 1" in log.read_text()
+    assert strip_time(read_history(tmp_path / "history.jsonl")) == strip_time(uninterrupted)
+    assert not (tmp_path / "checkpoint.pt").exists()
+    assert json.loads((tmp_path / "run.json").read_text())["resumed_from_epoch"] >= 1
+
+
+def test_a_checkpoint_from_other_settings_is_set_aside(npz, tmp_path):
+    data = arrays(n_train=8, n_test=4)
+    other = RunSettings(model="torchvision", epochs=2, lr=0.02, device="cpu")
+    trainer = Trainer(other, data, torch.device("cpu"), log=lambda _: None)
+    trainer.history = [{"epoch": 1, "test_acc": 99.0}]
+    trainer.save_checkpoint(tmp_path / "checkpoint.pt", other.fingerprint("md5"))
+    messages = []
+    history, resumed = fit(RunSettings(model="torchvision", epochs=1, device="cpu"), data, tmp_path,
+                           torch.device("cpu"), data_md5="md5", log=messages.append)
+    assert resumed == 0 and history[0]["test_acc"] != 99.0
+    assert any("written by other settings or data" in m for m in messages)
+    assert len(list(tmp_path.glob("checkpoint.set-aside-*.pt"))) == 1
+
+
+def test_an_unreadable_checkpoint_is_set_aside(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    messages = []
+    history, resumed = fit(RunSettings(model="torchvision", epochs=1, device="cpu"), arrays(8, 4), tmp_path,
+                           torch.device("cpu"), data_md5="md5", log=messages.append)
+    assert resumed == 0 and len(history) == 1
+    assert any("cannot be read" in m for m in messages)
+
+
+def test_a_diverging_run_stops_and_still_writes_its_model(tmp_path):
+    history, _ = fit(RunSettings(model="paper", epochs=5, lr=1000.0, device="cpu"), arrays(16, 4), tmp_path,
+                     torch.device("cpu"), data_md5="md5", log=lambda _: None, poll_every=1)
+    assert len(history) < 5
+    assert history[-1]["diverged_at_step"] >= 1 and history[-1]["train_loss"] is None
+    assert (tmp_path / "model.pt").exists() and not (tmp_path / "checkpoint.pt").exists()
+    json.loads((tmp_path / "history.jsonl").read_text().splitlines()[-1])  # strict JSON, no NaN
+
+
+def test_auto_device_without_a_gpu_stops_with_the_cpu_estimate(npz, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = subprocess.run([sys.executable, "-m", "alexnet_cifar", "train", "--data", str(npz), "--model", "paper",
+                             "--out", str(tmp_path), "--epochs", "50"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "no CUDA GPU is available" in result.stderr and "days" in result.stderr
+    assert "train.device: cpu" in result.stderr
+    assert not (tmp_path / "history.jsonl").exists()

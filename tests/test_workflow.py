@@ -1,0 +1,170 @@
+"""The whole workflow, run by Snakemake as a user would, on a tiny archive served from 127.0.0.1."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+
+from workflow_helpers import REPO, make_workdir, planned_jobs, snakemake, tiny_config
+
+RUNS = ("paper", "torchvision", "blowup")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_archive, http_server):
+    """One complete run of the tiny config: both models plus a run whose learning rate blows up."""
+    path, md5 = tiny_archive
+    shutil.copy(path, http_server.root / "cifar-10-python.tar.gz")
+    config = tiny_config(http_server.url("cifar-10-python.tar.gz"), md5,
+                         runs={"paper": {"model": "paper"}, "torchvision": {"model": "torchvision"},
+                               "blowup": {"model": "paper", "lr": 1000.0}})
+    workdir = make_workdir(tmp_path_factory.mktemp("workflow"), config)
+    result = snakemake(workdir)
+    return workdir, workdir / "results", result
+
+
+@pytest.mark.slow
+def test_every_output_is_complete(finished):
+    _, out, _ = finished
+    for run in RUNS:
+        history = [json.loads(line) for line in (out / f"runs/{run}/history.jsonl").read_text().splitlines()]
+        assert {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"} <= set(history[0])
+        csv = pd.read_csv(out / f"metrics/{run}.csv")
+        assert list(csv.columns) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
+        assert csv["epoch"].tolist() == [r["epoch"] for r in history]
+        assert csv["test_acc"].between(0, 100).all()
+        assert (out / f"runs/{run}/model.pt").stat().st_size > 1_000_000
+        assert not (out / f"runs/{run}/checkpoint.pt").exists(), "the checkpoint is removed at the end"
+        for suffix in ("png", "svg"):
+            assert (out / f"figures/{run}.{suffix}").stat().st_size > 1000
+        assert (out / f"figures/{run}.png").read_bytes()[:8] == PNG_MAGIC
+        log = (out / f"logs/train/{run}.log").read_text()
+        assert "epoch 1/2 " in log
+        assert (out / f"benchmarks/train/{run}.tsv").exists()
+    for run in ("paper", "torchvision"):
+        assert len(pd.read_csv(out / f"metrics/{run}.csv")) == 2
+    assert (out / "figures/comparison.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.slow
+def test_summary_peak_is_the_csv_maximum(finished):
+    _, out, _ = finished
+    summary = pd.read_csv(out / "metrics/summary.csv").set_index("run")
+    assert list(summary.columns) == ["model", "peak_test_acc", "peak_epoch", "final_test_acc", "epochs",
+                                     "train_seconds", "diverged_at_epoch"]
+    assert sorted(summary.index) == sorted(RUNS)
+    for run in ("paper", "torchvision"):
+        csv = pd.read_csv(out / f"metrics/{run}.csv")
+        row = summary.loc[run]
+        assert row["peak_test_acc"] == pytest.approx(csv["test_acc"].max())
+        assert row["peak_epoch"] == csv.loc[csv["test_acc"].idxmax(), "epoch"]
+        assert row["final_test_acc"] == pytest.approx(csv["test_acc"].iloc[-1])
+        assert row["epochs"] == 2
+        assert row["train_seconds"] == pytest.approx(csv["seconds"].sum())
+        assert pd.isna(row["diverged_at_epoch"])
+    assert summary.loc["torchvision", "model"] == "torchvision"
+    assert summary.loc["blowup", "model"] == "paper"
+
+
+@pytest.mark.slow
+def test_a_diverging_run_is_marked_and_the_others_go_on(finished):
+    _, out, _ = finished
+    summary = pd.read_csv(out / "metrics/summary.csv").set_index("run")
+    assert summary.loc["blowup", "diverged_at_epoch"] == 1
+    history = [json.loads(line) for line in (out / "runs/blowup/history.jsonl").read_text().splitlines()]
+    assert len(history) == 1 and history[0]["diverged_at_step"] >= 1 and history[0]["train_loss"] is None
+    assert "DIVERGED" in (out / "logs/train/blowup.log").read_text()
+    assert (out / "runs/blowup/model.pt").exists()
+    assert "diverged" in (out / "figures/blowup.svg").read_text()
+
+
+@pytest.mark.slow
+def test_provenance_records_how_each_run_was_made(finished):
+    _, out, _ = finished
+    record = json.loads((out / "runs/paper/run.json").read_text())
+    assert record["settings"]["model"] == "paper" and record["settings"]["lr"] == 0.001
+    assert record["threads"] >= 1 and record["device"] == "cpu" and record["seed"] == 0
+    assert {"python", "torch", "torchvision", "cuda", "cudnn"} <= set(record["versions"])
+    assert {"started", "finished", "git_commit", "data_md5", "device_name"} <= set(record)
+
+
+@pytest.mark.slow
+def test_summary_markdown_compares_with_the_reported_curve(finished):
+    _, out, _ = finished
+    text = (out / "metrics/summary.md").read_text()
+    assert "| reported | 81.47 | 14 | 65.35 | 50.06 |" in text
+    assert "| paper |" in text and "| torchvision |" in text
+
+
+@pytest.mark.slow
+def test_one_deleted_figure_reruns_only_its_rule(finished):
+    workdir, out, _ = finished
+    (out / "figures/paper.png").unlink()
+    plan = snakemake(workdir, "results/figures/paper.png", "-n")
+    assert planned_jobs(plan.stdout) == {"run_figure": 1}
+    snakemake(workdir, "results/figures/paper.png")
+    assert (out / "figures/paper.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.slow
+def test_a_changed_hyperparameter_retrains_only_that_run(finished):
+    workdir, _, _ = finished
+    config = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    config["runs"]["torchvision"]["momentum"] = 0.5
+    (workdir / "changed.yaml").write_text(yaml.safe_dump(config))
+    plan = snakemake(workdir, "-n", configfile="changed.yaml")
+    jobs = planned_jobs(plan.stdout)
+    assert jobs["train"] == 1 and "download" not in jobs and "prepare" not in jobs
+    assert "results/runs/torchvision/history.jsonl" in plan.stdout
+    assert "results/runs/paper/history.jsonl" not in plan.stdout
+
+
+@pytest.mark.slow
+def test_a_mirror_url_or_another_device_retrains_nothing(finished):
+    workdir, _, _ = finished
+    config = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    config["dataset"]["url"] = "http://127.0.0.1:9/elsewhere/cifar-10-python.tar.gz"
+    config["train"]["eval_batch_size"] = 3
+    config["train"]["device"] = "auto"
+    (workdir / "mirror.yaml").write_text(yaml.safe_dump(config))
+    plan = snakemake(workdir, "-n", configfile="mirror.yaml")
+    assert planned_jobs(plan.stdout) == {}
+
+
+@pytest.mark.slow
+def test_one_figure_in_a_fresh_folder_builds_only_what_it_needs(tmp_path, tiny_archive):
+    path, md5 = tiny_archive
+    workdir = make_workdir(tmp_path, tiny_config(str(path), md5))
+    plan = snakemake(workdir, "results/figures/torchvision.png", "-n")
+    assert planned_jobs(plan.stdout) == {"download": 1, "prepare": 1, "train": 1, "metrics": 1, "run_figure": 1}
+
+
+def test_default_config_plans_one_training_per_run():
+    result = snakemake(REPO, "-n", configfile="config/config.yaml")
+    jobs = planned_jobs(result.stdout)
+    assert jobs["train"] == 2 and jobs["run_figure"] == 2 and jobs["download"] == 1
+
+
+def test_lint_is_clean():
+    result = snakemake(REPO, "--lint", configfile="config/config.yaml", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"train": {"lrr": 0.1}}, "train: unknown key(s) lrr; allowed keys: epochs, batch_size, lr"),
+    ({"runs": {"x": {"model": "alexnet"}}}, "runs.x.model: 'alexnet' is not allowed; allowed values: paper, torchvision"),
+    ({"train": {"lr": -0.01}}, "train.lr: -0.01 is less than or equal to the minimum of 0"),
+    ({"train": {"epochs": 0}}, "train.epochs: 0 is less than the minimum of 1"),
+    ({"dataset": {"md5": "xyz"}}, "dataset.md5: 'xyz' does not match"),
+    ({"outdirr": "x"}, "unknown key(s) outdirr"),
+])
+def test_bad_config_stops_before_any_job_with_the_key_named(tmp_path, change, expected):
+    workdir = make_workdir(tmp_path, change)
+    result = snakemake(workdir, "-n", check=False)
+    assert result.returncode != 0
+    assert expected in result.stderr + result.stdout
+    assert not (workdir / "results").exists()

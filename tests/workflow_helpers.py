@@ -1,0 +1,59 @@
+"""Running the real workflow from tests: a work folder laid out as a user's, and snakemake itself."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_workdir(path: Path, config: dict) -> Path:
+    """A work folder with the repo's config/ (and the reported curve) plus ``tiny.yaml``."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "config", path / "config", dirs_exist_ok=True)
+    (path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    return path
+
+
+def tiny_config(url: str, md5: str, **overrides) -> dict:
+    """Both models, 2 epochs on the CPU, the tiny archive from ``url``."""
+    config = {
+        "outdir": "results",
+        "dataset": {"url": url, "md5": md5},
+        "train": {"epochs": 2, "device": "cpu", "eval_batch_size": 8},
+    }
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+def snakemake(workdir: Path, *args: str, configfile: str = "tiny.yaml", check: bool = True,
+              timeout: float = 900) -> subprocess.CompletedProcess:
+    """``snakemake -s REPO/Snakefile -d WORKDIR --configfile=...`` (the ``=`` form: the option would
+    swallow the targets that follow it otherwise)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           f"--configfile={configfile}", *args]
+    result = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Job counts by rule from a dry run's 'Job stats' table (empty if nothing is to be done)."""
+    counts: dict[str, int] = {}
+    if "Job stats:" not in output:
+        return counts
+    table = output.split("Job stats:", 1)[1]
+    for line in table.splitlines()[3:]:
+        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if not match:
+            break
+        counts[match[1]] = int(match[2])
+    counts.pop("total", None)
+    return counts
