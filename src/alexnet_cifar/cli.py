@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import stages
+from . import bench, stages
+from .data import DataError
 from .config import RunSettings
 
 
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("facts")
     p.add_argument("png")
     p.add_argument("--title", default="Test accuracy on CIFAR-10")
+
+    bench.add_parser(sub)
     return parser
 
 
@@ -79,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                 stages.run_metrics(args.history, args.csv, args.facts)
             elif args.command == "plot":
                 stages.run_figure(args.csv, args.facts, args.png, title=args.title)
-    except (ValueError, RuntimeError, OSError) as exc:  # DataError, DeviceError, bad settings
+            elif args.command == "bench":
+                bench.main(args)
+    except (DataError, ValueError, RuntimeError, OSError) as exc:  # bad input, no device, bad settings
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

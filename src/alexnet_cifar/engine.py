@@ -137,7 +137,9 @@ class Trainer:
 
     # -- the step -------------------------------------------------------------------------
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.s.bf16)
+        # No cast cache under graph capture: the cache would hold tensors from outside the graph.
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.s.bf16,
+                              cache_enabled=not self.use_graph)
 
     def _step(self, idx: torch.Tensor) -> None:
         """One SGD step on the images at ``idx``; everything it produces stays on the device."""
