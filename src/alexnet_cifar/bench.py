@@ -88,6 +88,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _free_cuda() -> None:
+    # cuBLAS keeps a workspace (tens of MB) for every stream it ran on, and the engine warms up on
+    # new side streams: without clearing them, every row's peak memory includes earlier rows'.
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
+    torch.cuda.empty_cache()
+
+
 def _time_steps(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
     """Milliseconds per call of ``step`` over ``steps`` calls, after ``warmup`` untimed ones."""
     for _ in range(warmup):
@@ -154,11 +163,8 @@ def _engine_ms(model_name: str, data, device: torch.device, warmup: int, steps: 
                        for _ in range(-(-total // full))]).view(-1, BATCH_SIZE)
     rows = iter(order)
 
-    # Trainer.train_epoch always runs a whole epoch (12,500 steps on the real data) and reads its
-    # results; timing an exact number of steps needs the single step it is built on. A public
-    # ``Trainer.train_step(idx)`` wrapping ``_run_full_batch`` would remove this private call.
     def step() -> None:
-        trainer._run_full_batch(next(rows))
+        trainer.train_step(next(rows))
 
     return _time_steps(step, warmup, steps, device)
 
@@ -188,15 +194,16 @@ def run_bench(data_path, models: Sequence[str], steps: int, device: str | torch.
         for loop in loops:
             if cuda:
                 torch.cuda.reset_peak_memory_stats(dev)
+            held = torch.cuda.memory_allocated(dev) if cuda else 0  # normally 0: see _free_cuda
             log(f"bench: {model_name} / {loop} on {name}: {warmup} warm-up + {steps} timed steps")
             if loop == "plain":
                 ms = _plain_ms(model_name, data, dev, warmup, steps)
             else:
                 ms = _engine_ms(model_name, data, dev, warmup, steps, engine_options[loop])
-            peak = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else math.nan
+            peak = (torch.cuda.max_memory_allocated(dev) - held) / 2**20 if cuda else math.nan
             gc.collect()  # the row's model, optimizer, graph and loader went out of scope above
             if cuda:
-                torch.cuda.empty_cache()
+                _free_cuda()
             records.append({"model": model_name, "loop": loop, "device_name": name, "ms_per_step": ms,
                             "images_per_s": BATCH_SIZE * 1000 / ms,
                             "protocol_minutes": ms * PROTOCOL_STEPS / 60000, "peak_mem_mb": peak})

@@ -166,7 +166,9 @@ class Trainer:
         with torch.cuda.graph(self.graph):
             self._step(self.batch_idx)
 
-    def _run_full_batch(self, idx: torch.Tensor) -> None:
+    def train_step(self, idx: torch.Tensor) -> None:
+        """One SGD step on a full batch of training-set indexes ``idx`` (on the device): replayed
+        from the CUDA graph once captured, eager otherwise. Results stay on the device."""
         if not self.use_graph:
             self._step(idx)
             return
@@ -197,7 +199,7 @@ class Trainer:
         seen = 0
         for i in range(full):
             self.stop.check()
-            self._run_full_batch(batches[i])
+            self.train_step(batches[i])
             seen += bs
             if (i + 1) % self.poll_every == 0 and self.totals.first_bad_step.item() >= 0:
                 break  # one host sync every poll_every steps lets a diverged run stop early
