@@ -165,3 +165,28 @@ def test_auto_device_without_a_gpu_stops_with_the_cpu_estimate(npz, tmp_path):
     assert "no CUDA GPU is available" in result.stderr and "days" in result.stderr
     assert "train.device: cpu" in result.stderr
     assert not (tmp_path / "history.jsonl").exists()
+
+
+class FakeTerminal:
+    def __init__(self, tty: bool) -> None:
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_bar_only_on_a_terminal_and_fed_by_the_epoch():
+    from alexnet_cifar.stages import progress_bar
+
+    assert progress_bar(FakeTerminal(tty=False)) is None
+    terminal = FakeTerminal(tty=True)
+    trainer = Trainer(RunSettings(model="torchvision", epochs=1, device="cpu"), arrays(n_train=8, n_test=4),
+                      torch.device("cpu"), log=lambda _: None, progress=progress_bar(terminal, width=10))
+    trainer.train_epoch()
+    assert "[#####.....] 1/2 steps" in terminal.text and terminal.text.endswith("[##########] 2/2 steps\n")

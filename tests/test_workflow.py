@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 
 import pandas as pd
 import pytest
@@ -98,6 +99,20 @@ def test_summary_markdown_compares_with_the_reported_curve(finished):
     text = (out / "metrics/summary.md").read_text()
     assert "| reported | 81.47 | 14 | 65.35 | 50.06 |" in text
     assert "| paper |" in text and "| torchvision |" in text
+
+
+@pytest.mark.slow
+def test_report_holds_every_figure_and_the_summary_with_captions(finished):
+    workdir, _, _ = finished
+    snakemake(workdir, "--report", "report.zip")
+    with zipfile.ZipFile(workdir / "report.zip") as archive:
+        names = archive.namelist()
+        html = archive.read("report/report.html").decode()
+    for name in ("paper.svg", "torchvision.svg", "blowup.svg", "comparison.svg", "summary.csv"):
+        assert any(n.endswith("/" + name) for n in names), name
+    assert "Test accuracy of run <strong>blowup</strong>" in html
+    assert "lr 1000.0, momentum 0.9" in html  # the run's hyperparameters in its caption
+    assert "reported curve dashed" in html and "One row per run" in html
 
 
 @pytest.mark.slow

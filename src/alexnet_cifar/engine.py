@@ -108,8 +108,9 @@ class Trainer:
 
     def __init__(self, settings: RunSettings, data, device: torch.device, *,
                  log: Callable[[str], None] = print, stop: StopFlag | None = None,
-                 poll_every: int = 1000) -> None:
+                 poll_every: int = 1000, progress: Callable[[int, int], None] | None = None) -> None:
         self.s, self.device, self.log = settings, device, log
+        self.progress = progress  # called with (steps done, steps) about 100 times an epoch
         self.stop = stop or StopFlag()
         self.poll_every = poll_every
         self.input_size = get_spec(settings.model).input_size
@@ -196,11 +197,13 @@ class Trainer:
         order = torch.randperm(n, generator=self.order_rng, device=self.device)
         full = n // bs
         batches = order[: full * bs].view(full, bs)
-        seen = 0
+        seen, report_every = 0, max(1, full // 100)
         for i in range(full):
             self.stop.check()
             self.train_step(batches[i])
             seen += bs
+            if self.progress and (i + 1) % report_every == 0:
+                self.progress(i + 1, full)
             if (i + 1) % self.poll_every == 0 and self.totals.first_bad_step.item() >= 0:
                 break  # one host sync every poll_every steps lets a diverged run stop early
         else:
@@ -290,7 +293,7 @@ def format_epoch_line(record: dict, epochs: int, eta_seconds: float | None) -> s
 
 def fit(settings: RunSettings, data, out_dir: str | os.PathLike, device: torch.device, *,
         data_md5: str, log: Callable[[str], None] = print, stop: StopFlag | None = None,
-        poll_every: int = 1000) -> tuple[list[dict], int]:
+        poll_every: int = 1000, progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], int]:
     """Train one run into ``out_dir``: ``history.jsonl`` and ``model.pt`` at the end, a checkpoint
     after every epoch (removed once the outputs exist). Resumes from a matching checkpoint.
     Returns the history and the number of epochs taken over from the checkpoint."""
@@ -298,7 +301,7 @@ def fit(settings: RunSettings, data, out_dir: str | os.PathLike, device: torch.d
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / CHECKPOINT_FILE
     fingerprint = settings.fingerprint(data_md5)
-    trainer = Trainer(settings, data, device, log=log, stop=stop, poll_every=poll_every)
+    trainer = Trainer(settings, data, device, log=log, stop=stop, poll_every=poll_every, progress=progress)
     trainer.load_checkpoint(checkpoint, fingerprint)
     history = trainer.history
     resumed_from = len(history)

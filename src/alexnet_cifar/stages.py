@@ -50,6 +50,19 @@ def prepare(archive, out, *, limit_train: int | None = None, limit_test: int | N
     log.info(f"wrote {out}: {counts['train']} training and {counts['test']} test images")
 
 
+def progress_bar(stream=sys.stderr, width: int = 30):
+    """A one-line progress bar for an interactive terminal; ``None`` elsewhere (logs, clusters)."""
+    if not stream.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        filled = width * done // total
+        stream.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} steps")
+        stream.write("\n" if done == total else "")
+        stream.flush()
+    return show
+
+
 def train(settings, data_path, out_dir, *, threads: int | None = None) -> list[dict]:
     """Train one run into ``out_dir`` (``history.jsonl``, ``model.pt``, ``run.json``).
 
@@ -75,7 +88,7 @@ def train(settings, data_path, out_dir, *, threads: int | None = None) -> list[d
     try:
         with engine.stop_on_signals(stop):
             history, resumed_from = engine.fit(settings, arrays, out_dir, device, data_md5=data_md5,
-                                               log=log.info, stop=stop)
+                                               log=log.info, stop=stop, progress=progress_bar())
     except engine.TrainingInterrupted as exc:
         log.info(f"{exc}: the checkpoint of the last completed epoch is kept; run again to continue")
         raise SystemExit(128 + exc.signum) from None
