@@ -1,5 +1,10 @@
 # Figures: one per run with its peak marked, and every run against the reported curve.
-# Each is saved as PNG (to look at) and SVG (what the HTML report shows).
+# Each is saved as PNG (to look at) and SVG (what the HTML report shows). Local on a cluster.
+
+
+localrules:
+    run_figure,
+    comparison_figure,
 
 
 rule run_figure:
