@@ -44,10 +44,12 @@ def test_every_output_is_complete(finished):
             assert (out / f"figures/{run}.{suffix}").stat().st_size > 1000
         assert (out / f"figures/{run}.png").read_bytes()[:8] == PNG_MAGIC
         log = (out / f"logs/train/{run}.log").read_text()
-        assert "epoch 1/2 " in log
+        assert "epoch 1/2 train_loss" in log
         assert (out / f"benchmarks/train/{run}.tsv").exists()
     for run in ("paper", "torchvision"):
         assert len(pd.read_csv(out / f"metrics/{run}.csv")) == 2
+        assert "% test_loss" in (out / f"logs/train/{run}.log").read_text().split("epoch 1/2")[1]
+        assert " eta 00:00:" in (out / f"logs/train/{run}.log").read_text()
     assert (out / "figures/comparison.png").read_bytes()[:8] == PNG_MAGIC
 
 

@@ -104,7 +104,8 @@ class EpochTotals:
 
 
 class Trainer:
-    """Trains one run. ``train()`` returns the history (one dict per epoch)."""
+    """One run's training state (model, optimizer, data on the device, RNGs): ``train_epoch`` and
+    ``evaluate`` advance and measure it, ``fit`` drives it epoch by epoch with checkpoints."""
 
     def __init__(self, settings: RunSettings, data, device: torch.device, *,
                  log: Callable[[str], None] = print, stop: StopFlag | None = None,
