@@ -59,7 +59,7 @@ def claim_gpu(count: int, lock_dir: Path | None = None, *, wait_seconds: float =
                 f"all {count} GPUs are in use by other trainings (locks in {lock_dir}); "
                 f"run with --resources gpu=N no larger than the number of GPUs")
         log(f"all {count} GPUs busy; waiting")
-        time.sleep(poll)
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
 
 
 def estimate_cpu_days(model: str, epochs: int, train_images: int, batch_size: int) -> float:

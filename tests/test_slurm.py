@@ -1,0 +1,327 @@
+"""The workflow through profiles/slurm on a real one-node SLURM cluster (tests/slurm_cluster.py).
+
+The node has two fake GPUs (a GRES mapped to /dev/null and /dev/zero): the training jobs ask SLURM
+for --gpus=1 as they would on a cluster, but train with ``device: cpu``. What only suits this
+cluster is passed on the command line, not put in the profile: ``--slurm-status-command squeue``
+(no accounting, so sacct cannot answer), ``--slurm-no-account``, and a short first status check.
+
+Needs root and slurm-wlm + munge (.ci/slurm.sh installs them); skips with the reason otherwise.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cifar_archive import build_archive
+from slurm_cluster import SlurmCluster, unavailable_reason
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "profiles" / "slurm"
+PARTITION = "gpu"  # not the cluster's default partition: shows SBATCH_PARTITION reaches sbatch
+ACCOUNT = "lab1"  # this cluster records any account name (the dry-run test shows the forwarding)
+# A few images, so that a CPU epoch takes seconds (each SLURM job also starts Snakemake twice).
+DATASET_LIMITS = {"limit_train": 16, "limit_test": 8}
+SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
+RULE_HEADER = re.compile(r"^(localrule|rule) (\w+):$", re.M)
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+@pytest.fixture(scope="module")
+def cluster():
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    # Not under pytest's tmp_path: that is private to root (0700) and munged runs as user munge.
+    root = Path(tempfile.mkdtemp(prefix="alexnet-slurm-"))
+    try:
+        with SlurmCluster(root, gpus=2) as running:  # stops the daemons also when a test fails
+            yield running
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """The archive, and one datadir that the SLURM runs share (same dataset settings): the second
+    run finds the data prepared. Plus a place for the first test to leave its histories."""
+    folder = tmp_path_factory.mktemp("slurm_shared")
+    archive, md5 = build_archive(folder / "cifar-10-python.tar.gz")
+    return {"archive": archive, "md5": md5, "datadir": folder / "data", "histories": {}}
+
+
+def make_workdir(path: Path, shared: dict, *, train: dict, datadir: Path | None = None) -> Path:
+    """A Snakemake working directory with the repo's config/ and a test config; returns the config path."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "config", path / "config")
+    config = {
+        "outdir": str(path / "out"),
+        "datadir": str(datadir or path / "data"),
+        "dataset": {"url": str(shared["archive"]), "md5": shared["md5"], **DATASET_LIMITS},
+        "train": {"device": "cpu", "eval_batch_size": 8, **train},
+    }
+    configfile = path / "test-config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    return configfile
+
+
+def snakemake_args(workdir: Path, configfile: Path, *targets: str) -> list[str]:
+    # Targets first: --configfile would take the words after it as more config files.
+    return [sys.executable, "-m", "snakemake", *targets, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+            f"--configfile={configfile}"]
+
+
+def slurm_args(workdir: Path, configfile: Path, *targets: str, account: bool = False) -> list[str]:
+    """``account``: the run gives an account (SBATCH_ACCOUNT); otherwise --slurm-no-account."""
+    return [*snakemake_args(workdir, configfile, *targets), "--workflow-profile", str(PROFILE),
+            # Only for this cluster, which has no accounting database (and so no accounts, though
+            # slurmctld records any account name it is given):
+            "--slurm-status-command", "squeue", *([] if account else ["--slurm-no-account"]),
+            # Only to keep the test short: the plugin's first status check comes after 40 s by
+            # default, and each check without news waits 10 s longer than the last (here at 6, 22,
+            # 48 s, ...; a job here takes 10-20 s, mostly starting Snakemake twice).
+            "--slurm-init-seconds-before-status-checks", "6",
+            # Evidence: keep every job's SLURM log (by default deleted when the job succeeds).
+            "--slurm-keep-successful-logs"]
+
+
+def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float, log: Path) -> str:
+    """Wait for Snakemake; on a timeout stop it with SIGINT (which cancels its SLURM jobs; SIGTERM
+    would not) and fail. Returns its output."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        pytest.fail(f"snakemake ran over {timeout} s:\n{log.read_text()[-6000:]}")
+    return log.read_text()
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def slurm_jobs_by_rule(output: str) -> dict[str, list[str]]:
+    """SLURM job ids from Snakemake's log, by rule (from each job's log path .../rule_<name>/...)."""
+    jobs: dict[str, list[str]] = {}
+    for jobid, log in SUBMITTED.findall(output):
+        rule = re.search(r"/rule_(\w+?)(?:/|$)", log).group(1)
+        jobs.setdefault(rule, []).append(jobid)
+    return jobs
+
+
+def rows_without_seconds(path: Path) -> list[dict]:
+    with path.open() as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def history_without_seconds(path: Path) -> list[dict]:
+    lines = path.read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines if line.strip()]
+
+
+def tres(record: dict) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in record.get("Tres", "").split(",") if "=" in item)
+
+
+# ------------------------------------------------------------------------------------------ tests
+
+def test_profile_asks_for_the_right_resources(shared, tmp_path):
+    """Without a cluster: what the profile makes each job ask for (Snakemake's dry run)."""
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert profile["rerun-incomplete"] is True and profile["retries"] >= 1
+    assert "resources" not in profile and "cores" not in profile  # no one-GPU / one-core limit
+    # Settings of the test cluster only are not baked in:
+    assert not {"slurm-status-command", "slurm-no-account", "slurm-init-seconds-before-status-checks"} & set(profile)
+
+    configfile = make_workdir(tmp_path, shared, train={"epochs": 2})
+    env = dict(os.environ, SBATCH_PARTITION="gpu-part", SBATCH_ACCOUNT="lab1")
+    out = subprocess.run([*snakemake_args(tmp_path, configfile), "--workflow-profile", str(PROFILE), "-n"],
+                         env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    assert out.returncode == 0, out.stdout[-6000:]
+    resources = {}
+    for rule, text in re.findall(r"^rule (\w+):\n(.*?)(?=\n\n|\Z)", out.stdout, re.M | re.S):
+        line = re.search(r"^\s+resources: (.*)$", text, re.M).group(1)
+        resources.setdefault(rule, dict(item.split("=", 1) for item in line.split(", ")))
+    train, prepare = resources["train"], resources["prepare"]
+    assert (train["gpu"], train["mem_mb"], train["runtime"]) == ("1", "16000", "480")
+    assert (prepare["mem_mb"], prepare["runtime"]) == ("4000", "30")
+    for rule, res in resources.items():
+        assert "gpu" not in res or rule == "train", (rule, res)
+        assert (res["slurm_partition"], res["slurm_account"]) == ("gpu-part", "lab1"), (rule, res)
+
+
+@pytest.mark.slow
+def test_workflow_runs_through_slurm_and_matches_a_local_run(cluster, shared, tmp_path):
+    slurm_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
+    slurm_config = make_workdir(slurm_dir, shared, train={"epochs": 2}, datadir=shared["datadir"])
+    local_config = make_workdir(local_dir, shared, train={"epochs": 2})
+    # The one place for partition and account (see profiles/slurm).
+    env = dict(cluster.env, SBATCH_PARTITION=PARTITION, SBATCH_ACCOUNT=ACCOUNT)
+
+    # The local run for comparison goes alongside (the SLURM run mostly waits for status checks), with
+    # the thread count a SLURM training gets (threads: 2, --cpus-per-task=2), since CPU results in
+    # PyTorch differ between thread counts. Its profile is profiles/default, as for a user.
+    local_cores = min(2, os.cpu_count() or 1)
+    local_targets = [f"{local_dir}/out/metrics/{run}.csv" for run in ("paper", "torchvision")]
+    local_log = tmp_path / "local.log"
+    local = start([*snakemake_args(local_dir, local_config, *local_targets), "--cores", str(local_cores)],
+                  cluster.env, local_log)
+    slurm_log = tmp_path / "slurm.log"
+    started = time.monotonic()
+    try:
+        slurm = start(slurm_args(slurm_dir, slurm_config, account=True), env, slurm_log)
+        try:
+            output = finish(slurm, 600, slurm_log)
+        finally:
+            stop(slurm)
+        slurm_seconds = time.monotonic() - started
+        local_output = finish(local, 300, local_log)
+    finally:
+        stop(local)
+    assert slurm.returncode == 0, output[-8000:]
+    assert local.returncode == 0, local_output[-8000:]
+    print(f"SLURM run: {slurm_seconds:.0f} s")
+
+    out = slurm_dir / "out"
+    for name in ("metrics/summary.csv", "metrics/summary.md", "figures/comparison.png", "figures/paper.png",
+                 "figures/torchvision.png"):
+        assert (out / name).stat().st_size > 0, name
+
+    # Which rules ran where, by Snakemake's log: "localrule x:" runs here, "rule x:" is submitted.
+    headers = RULE_HEADER.findall(output)
+    local_rules = {rule for kind, rule in headers if kind == "localrule"} - {"all"}
+    remote_rules = {rule for kind, rule in headers if kind == "rule"}
+    jobs = slurm_jobs_by_rule(output)
+    assert "download" in local_rules  # a local rule (compute nodes may have no internet)
+    assert {"prepare", "train"} <= remote_rules
+    assert set(jobs) == remote_rules, (jobs, headers)  # every submitted rule got a SLURM job id ...
+    assert not local_rules & set(jobs)  # ... and no local rule did
+    assert len(jobs["train"]) == 2 and len(jobs["prepare"]) == 1
+
+    # SLURM's own record of each job (jobcomp), and its per-job log kept by the plugin.
+    record = cluster.completed_jobs()
+    workdir = os.path.realpath(slurm_dir)
+    run_names = set()
+    for rule, ids in jobs.items():
+        for jobid in ids:
+            rec = record.get(jobid)
+            assert rec, f"SLURM has no record of job {jobid} ({rule}): {sorted(record)}"
+            assert rec["JobState"] == "COMPLETED" and rec["ExitCode"] == "0:0", rec
+            assert os.path.realpath(rec["WorkDir"]) == workdir
+            assert rec["Partition"] == PARTITION, "SBATCH_PARTITION did not reach the submission"
+            assert rec["Account"] == ACCOUNT, "SBATCH_ACCOUNT did not reach the submission"
+            run_names.add(rec["Name"])
+            # The GPU request (kept by slurmctld for MinJobAge; jobcomp has no GRES without slurmdbd).
+            gpus = cluster.show_job(jobid).get("TresPerJob", "")
+            assert gpus == ("gres:gpu:1" if rule == "train" else ""), (rule, gpus)
+            logs = list((slurm_dir / ".snakemake" / "slurm_logs").glob(f"rule_{rule}/**/{jobid}.log"))
+            assert logs, f"no SLURM log for job {jobid} ({rule})"
+    assert len(run_names) == 1  # all submitted by this one Snakemake run (its run UUID)
+    # The per-rule resources of the profile reached sbatch.
+    for jobid in jobs["train"]:
+        assert record[jobid]["TimeLimit"] == "480" and tres(record[jobid])["mem"] == "16000M"
+        assert tres(record[jobid])["cpu"] == "2"
+    assert tres(record[jobs["prepare"][0]])["mem"] == "4000M"
+    # No one-GPU limit from profiles/default: the two trainings ran at the same time, one per GPU.
+    train = [record[jobid] for jobid in jobs["train"]]
+    assert max(r["StartTime"] for r in train) < min(r["EndTime"] for r in train), train
+    assert {cluster.show_job(jobid)["NodeList"] for jobid in jobs["train"]} == {cluster.node}
+
+    # Same numbers as the local run: CPU training is deterministic for one thread count.
+    for run in ("paper", "torchvision"):
+        slurm_run = json.loads((out / "runs" / run / "run.json").read_text())
+        local_run = json.loads((local_dir / "out" / "runs" / run / "run.json").read_text())
+        assert slurm_run["device"] == "cpu"
+        assert slurm_run["threads"] == local_run["threads"], "thread counts differ: results would too"
+        slurm_history = history_without_seconds(out / "runs" / run / "history.jsonl")
+        assert [r["epoch"] for r in slurm_history] == [1, 2]
+        assert slurm_history == history_without_seconds(local_dir / "out" / "runs" / run / "history.jsonl")
+        assert rows_without_seconds(out / "metrics" / f"{run}.csv") == \
+            rows_without_seconds(local_dir / "out" / "metrics" / f"{run}.csv")
+        shared["histories"][run] = slurm_history
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes_from_its_checkpoint(cluster, shared, tmp_path):
+    """SIGTERM to a running training job (what SLURM sends at a time limit or on preemption): the
+    job fails, keeping the checkpoint of the last completed epoch; the profile's ``retries``
+    submits it again and the new job resumes from that epoch."""
+    workdir = tmp_path / "resume"
+    # Epochs of about a second here: the signal must come before the last epoch ends.
+    epochs = 6
+    configfile = make_workdir(workdir, shared, train={"epochs": epochs}, datadir=shared["datadir"])
+    run_dir = workdir / "out" / "runs" / "torchvision"
+    checkpoint = run_dir / "checkpoint.pt"
+    log = tmp_path / "resume.log"
+    started = time.monotonic()
+    proc = start(slurm_args(workdir, configfile, f"{run_dir}/history.jsonl"), cluster.env, log)
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists():
+            assert proc.poll() is None, f"snakemake ended before a checkpoint was written:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"no checkpoint after 300 s:\n{log.read_text()[-6000:]}"
+            time.sleep(0.1)
+        running = cluster.command("squeue", "--noheader", "--states=RUNNING", "--format=%i|%k").stdout.split()
+        train_jobs = [line.split("|")[0] for line in running if "rule_train" in line]
+        assert len(train_jobs) == 1, running
+        interrupted = train_jobs[0]
+        cluster.command("scancel", "--signal=TERM", interrupted)
+        output = finish(proc, 400, log)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, output[-8000:]
+    print(f"resume run: {time.monotonic() - started:.0f} s")
+
+    jobs = slurm_jobs_by_rule(output)
+    assert len(jobs["train"]) == 2 and jobs["train"][0] == interrupted, jobs
+    record = cluster.completed_jobs()
+    first, retry = (record[jobid] for jobid in jobs["train"])
+    assert first["JobState"] == "FAILED" and first["ExitCode"] != "0:0", first
+    assert retry["JobState"] == "COMPLETED", retry
+    assert first["Account"] == retry["Account"] == ""  # --slurm-no-account, no SBATCH_ACCOUNT
+    assert first["Partition"] == retry["Partition"] == "cpu"  # no SBATCH_PARTITION: the default
+    # The interrupted attempt's own words are in its SLURM log (Snakemake empties the rule's log
+    # file before the retry).
+    first_log = next((workdir / ".snakemake" / "slurm_logs").glob(f"rule_train/**/{interrupted}.log")).read_text()
+    assert "stopped by signal SIGTERM" in first_log and "exit status 143" in first_log, first_log[-4000:]
+
+    train_log = (workdir / "out" / "logs" / "train" / "torchvision.log").read_text()
+    resumed = re.search(r"resuming from (\S+) after epoch (\d+)", train_log)
+    assert resumed, train_log
+    assert Path(resumed.group(1)) == checkpoint
+    epoch = int(resumed.group(2))
+    assert 1 <= epoch < epochs
+    history = history_without_seconds(run_dir / "history.jsonl")
+    assert [r["epoch"] for r in history] == list(range(1, epochs + 1))
+    assert json.loads((run_dir / "run.json").read_text())["resumed_from_epoch"] == epoch
+    assert not checkpoint.exists()  # removed once the outputs are written
+    # Resuming changes no number: the first two epochs are those of the uninterrupted 2-epoch run
+    # of the previous test (same settings but epochs, same data, same thread count), if it ran.
+    uninterrupted = shared["histories"].get("torchvision")
+    if uninterrupted is not None:
+        assert history[:2] == uninterrupted
