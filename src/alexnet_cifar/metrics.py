@@ -29,17 +29,23 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
         frame.to_csv(tmp, index=False)
 
 
+def peak(frame: pd.DataFrame) -> tuple[float, int]:
+    """(peak test accuracy, the first epoch that reaches it) of a table with epoch and test_acc."""
+    best = frame["test_acc"].idxmax()  # idxmax returns the first maximum
+    return float(frame.at[best, "test_acc"]), int(frame.at[best, "epoch"])
+
+
 def run_facts(history: list[dict]) -> dict:
     """Peak (first epoch where the maximum test accuracy is reached), final accuracy, time,
     and where training diverged (``None`` if it did not)."""
     if not history:
         raise ValueError("the history is empty: the training wrote no epoch")
     frame = history_frame(history)
-    best = frame["test_acc"].idxmax()  # idxmax returns the first maximum
+    peak_acc, peak_epoch = peak(frame)
     diverged = next((r for r in history if r.get("diverged_at_step") is not None), None)
     return {
-        "peak_test_acc": float(frame.at[best, "test_acc"]),
-        "peak_epoch": int(frame.at[best, "epoch"]),
+        "peak_test_acc": peak_acc,
+        "peak_epoch": peak_epoch,
         "final_test_acc": float(frame["test_acc"].iloc[-1]),
         "epochs": int(frame["epoch"].iloc[-1]),
         "train_seconds": float(frame["seconds"].sum()),
@@ -81,8 +87,8 @@ def summary_markdown(runs: dict[str, pd.DataFrame], facts_by_run: dict[str, dict
                      reference: pd.DataFrame) -> str:
     """Every run against the reported curve: peak and its epoch, final accuracy, accuracy at
     epochs 1, 5, 10, 25, 50 where reached, and wall time."""
-    ref_facts = {"peak_test_acc": float(reference["test_acc"].max()),
-                 "peak_epoch": int(reference.loc[reference["test_acc"].idxmax(), "epoch"]),
+    ref_peak, ref_peak_epoch = peak(reference)
+    ref_facts = {"peak_test_acc": ref_peak, "peak_epoch": ref_peak_epoch,
                  "final_test_acc": float(reference["test_acc"].iloc[-1]), "train_seconds": None,
                  "diverged_at_epoch": None}
     header = (["run", "peak %", "peak epoch", "final %"] + [f"epoch {e} %" for e in CHECKPOINT_EPOCHS]
