@@ -45,11 +45,28 @@ def test_bench_cli_writes_csv_and_markdown(tiny_npz, tmp_path, capsys):
         assert model in markdown
     assert "Speedup over plain" in markdown and "2 timed steps" in markdown
     assert markdown in capsys.readouterr().out
+    assert not (out / "profile.csv").exists()  # only with --profile
+
+
+def test_bench_profile_lists_the_step_s_operators(tiny_npz, tmp_path):
+    bench.run_bench(tiny_npz, ["paper"], 1, "cpu", tmp_path, warmup=0, loops=["engine"], profile_steps=2)
+    profile = pd.read_csv(tmp_path / "profile.csv")
+    assert list(profile.columns) == bench.PROFILE_COLUMNS
+    assert set(profile["model"]) == {"paper"}
+    assert profile["us_per_step"].is_monotonic_decreasing and (profile["us_per_step"] > 0).all()
+    assert profile["share_pct"].sum() == pytest.approx(100)
+    # Every step runs the 5 convolutions forward, and the SGD update once (fused by default).
+    kernels = dict(zip(profile["kernel"], profile["calls_per_step"]))
+    assert kernels["aten::convolution"] == 5 and kernels["aten::_fused_sgd_"] == 1
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "paper:" in markdown and "ms of device time per eager step" in markdown
 
 
 def test_bench_refuses_unknown_names_before_running(tiny_npz, tmp_path):
     with pytest.raises(ValueError, match="unknown loop"):
         bench.run_bench(tiny_npz, ["paper"], 1, "cpu", tmp_path, loops=["plain", "turbo"])
+    with pytest.raises(ValueError, match="profile"):
+        bench.run_bench(tiny_npz, ["paper"], 1, "cpu", tmp_path, profile_steps=-1)
     with pytest.raises(ValueError, match="unknown model"):
         bench.run_bench(tiny_npz, ["vgg"], 1, "cpu", tmp_path)
     with pytest.raises(ValueError, match="device"):

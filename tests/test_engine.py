@@ -101,6 +101,33 @@ def test_two_runs_with_the_same_seed_are_identical(npz, tmp_path, uninterrupted)
     assert len(uninterrupted) == 3
 
 
+def test_fused_and_foreach_sgd_train_alike_and_a_resume_keeps_the_chosen_update(tmp_path):
+    """The fused update is the default, agrees with foreach up to rounding, and a checkpoint written
+    with one does not bring it back into a run that asked for the other."""
+    torch.set_num_threads(2)
+    data = arrays(n_train=16)
+    trainers = {}
+    for fused in (True, False):
+        settings = RunSettings(model="paper", epochs=2, device="cpu", fused_sgd=fused)
+        trainers[fused] = Trainer(settings, data, torch.device("cpu"), log=lambda _: None)
+        no_dropout(trainers[fused].model)
+    assert trainers[True].optimizer.param_groups[0]["fused"] is True
+    assert trainers[False].optimizer.param_groups[0]["foreach"] is True
+    losses = {fused: [t.train_epoch()[0] for _ in range(2)] for fused, t in trainers.items()}
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    for a, b in zip(trainers[True].model.parameters(), trainers[False].model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+    fingerprint = RunSettings(model="paper").fingerprint("md5")
+    trainers[True].save_checkpoint(tmp_path / "checkpoint.pt", fingerprint)
+    resumed = Trainer(RunSettings(model="paper", device="cpu", fused_sgd=False), data, torch.device("cpu"),
+                      log=lambda _: None)
+    assert resumed.load_checkpoint(tmp_path / "checkpoint.pt", fingerprint)
+    group = resumed.optimizer.param_groups[0]
+    assert (group["fused"], group["foreach"]) == (False, True)
+    assert resumed.optimizer.state_dict()["state"]  # the momenta came with it
+
+
 @pytest.mark.parametrize("signum, status", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 128 + 15)])
 def test_an_interrupted_run_resumes_to_the_same_history(npz, tmp_path, uninterrupted, signum, status):
     log = tmp_path / "train.log"

@@ -77,7 +77,8 @@ def test_only_result_settings_change_the_fingerprint():
     base = RunSettings(model="paper")
     assert set(base.result_params()) == set(RESULT_KEYS)
     assert "device" not in base.result_params()
-    assert base.fingerprint("m") == RunSettings(model="paper", device="cpu", cuda_graph=False).fingerprint("m")
+    assert base.fingerprint("m") == RunSettings(model="paper", device="cpu", cuda_graph=False,
+                                                           fused_sgd=False).fingerprint("m")
     assert base.fingerprint("m") != RunSettings(model="paper", lr=0.01).fingerprint("m")
     assert base.fingerprint("m") != base.fingerprint("other data")
 

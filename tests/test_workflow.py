@@ -147,6 +147,8 @@ def test_a_mirror_url_or_another_device_retrains_nothing(finished):
     config["dataset"]["url"] = "http://127.0.0.1:9/elsewhere/cifar-10-python.tar.gz"
     config["train"]["eval_batch_size"] = 3
     config["train"]["device"] = "auto"
+    config["train"]["cuda_graph"] = False
+    config["train"]["fused_sgd"] = False
     (workdir / "mirror.yaml").write_text(yaml.safe_dump(config))
     plan = snakemake(workdir, "-n", configfile="mirror.yaml")
     assert planned_jobs(plan.stdout) == {}

@@ -37,10 +37,12 @@ from .models import MODELS, build_model, get_spec
 BATCH_SIZE, LR, MOMENTUM = 4, 0.001, 0.9
 PROTOCOL_STEPS = 50 * 50_000 // BATCH_SIZE  # 50 epochs of 12,500 steps
 COLUMNS = ["model", "loop", "device_name", "ms_per_step", "images_per_s", "protocol_minutes", "peak_mem_mb"]
+PROFILE_COLUMNS = ["model", "kernel", "calls_per_step", "us_per_step", "share_pct"]
 #: Engine loops by name: RunSettings fields that differ from the engine's defaults.
 ENGINE_LOOPS: dict[str, dict] = {
     "engine": {},
     "engine-eager": {"cuda_graph": False},  # on the CPU the same as "engine": it never uses a graph
+    "engine-foreach": {"fused_sgd": False},  # the multi-tensor SGD update instead of the fused one
     "engine+bf16+channels_last": {"bf16": True, "channels_last": True},
 }
 DEFAULT_LOOPS = ("plain", "engine")
@@ -169,14 +171,62 @@ def _engine_ms(model_name: str, data, device: torch.device, warmup: int, steps: 
     return _time_steps(step, warmup, steps, device)
 
 
+def profile_engine(model_name: str, data, device: torch.device, steps: int, warmup: int = 5) -> pd.DataFrame:
+    """Where the engine's step spends its device time: ``steps`` eager steps under the PyTorch
+    profiler, one row per kernel (per operator on the CPU) with its calls and time per step.
+
+    Eager, because the kernels inside a replayed CUDA graph are the same but not all profilers see
+    them; the graph's own ms/step minus the kernel total is what launch gaps cost."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from .engine import Trainer
+
+    cuda = device.type == "cuda"
+    settings = RunSettings(model=model_name, batch_size=BATCH_SIZE, lr=LR, momentum=MOMENTUM,
+                           device=str(device), cuda_graph=False)
+    trainer = Trainer(settings, data, device, log=lambda _: None)
+    n = trainer.train_x.shape[0]
+    batches = torch.arange(BATCH_SIZE * (warmup + steps), device=device).remainder(n).view(-1, BATCH_SIZE)
+    for idx in batches[:warmup]:
+        trainer.train_step(idx)
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for idx in batches[warmup:]:
+            trainer.train_step(idx)
+        _sync(device)
+    rows = []
+    for event in prof.key_averages():
+        us = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if us > 0 and (cuda or event.key.startswith("aten::")):
+            rows.append({"model": model_name, "kernel": event.key, "calls_per_step": event.count / steps,
+                         "us_per_step": us / steps})
+    frame = pd.DataFrame(rows, columns=PROFILE_COLUMNS[:-1]).sort_values("us_per_step", ascending=False)
+    frame["share_pct"] = 100 * frame["us_per_step"] / frame["us_per_step"].sum()
+    return frame.reset_index(drop=True)
+
+
+def profile_markdown(frame: pd.DataFrame, top: int = 8) -> str:
+    """The ``top`` kernels of each model and the total device time per step."""
+    lines = []
+    for model_name, rows in frame.groupby("model", sort=False):
+        total_ms = rows["us_per_step"].sum() / 1000
+        lines += ["", f"{model_name}: {total_ms:.3f} ms of device time per eager step in "
+                      f"{rows['calls_per_step'].sum():.0f} kernels (operators, on the CPU); the largest:", ""]
+        lines += [f"- {row.us_per_step:,.1f} us ({row.share_pct:.1f} %, {row.calls_per_step:g}x) "
+                  f"{row.kernel[:100]}" for row in rows.head(top).itertuples()]
+    return "\n".join(lines) + "\n"
+
+
 def run_bench(data_path, models: Sequence[str], steps: int, device: str | torch.device, out_dir, *,
               warmup: int = 20, loops: Sequence[str] = DEFAULT_LOOPS,
               engine_options: Mapping[str, Mapping] = ENGINE_LOOPS,
-              log: Callable[[str], None] = lambda _: None) -> pd.DataFrame:
+              profile_steps: int = 0, log: Callable[[str], None] = lambda _: None) -> pd.DataFrame:
     """Time every (model, loop) pair; write ``out_dir/bench.csv`` and ``out_dir/bench.md``.
 
     ``loops`` names ``plain`` and keys of ``engine_options`` (engine variants as RunSettings
-    overrides). Returns the rows of ``bench.csv``.
+    overrides). With ``profile_steps``, also profile that many engine steps of each model
+    (:func:`profile_engine`) into ``out_dir/profile.csv`` and a section of ``bench.md``.
+    Returns the rows of ``bench.csv``.
     """
     models, loops = list(dict.fromkeys(models)), list(dict.fromkeys(loops))
     for name in models:
@@ -184,8 +234,9 @@ def run_bench(data_path, models: Sequence[str], steps: int, device: str | torch.
     unknown = [loop for loop in loops if loop != "plain" and loop not in engine_options]
     if unknown:
         raise ValueError(f"unknown loop(s) {', '.join(unknown)}; choose from: plain, {', '.join(engine_options)}")
-    if steps < 1 or warmup < 0:
-        raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    if steps < 1 or warmup < 0 or profile_steps < 0:
+        raise ValueError(f"steps must be >= 1, warmup and profile >= 0, got steps={steps}, "
+                         f"warmup={warmup}, profile={profile_steps}")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     name, cuda = device_name(dev), dev.type == "cuda"
     data = load_npz(data_path)
@@ -209,10 +260,17 @@ def run_bench(data_path, models: Sequence[str], steps: int, device: str | torch.
                             "protocol_minutes": ms * PROTOCOL_STEPS / 60000, "peak_mem_mb": peak})
             log(f"bench: {model_name} / {loop}: {ms:.2f} ms/step")
     frame = pd.DataFrame(records, columns=COLUMNS)
+    markdown = bench_markdown(frame, steps=steps, warmup=warmup)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if profile_steps:
+        log(f"bench: profiling {profile_steps} eager engine steps of each model")
+        profiles = pd.concat([profile_engine(m, data, dev, profile_steps) for m in models], ignore_index=True)
+        write_text(out_dir / "profile.csv", profiles.to_csv(index=False))
+        markdown += f"\nDevice time of an eager engine step, from the PyTorch profiler ({profile_steps} steps):\n"
+        markdown += profile_markdown(profiles)
     write_text(out_dir / "bench.csv", frame.to_csv(index=False))
-    write_text(out_dir / "bench.md", bench_markdown(frame, steps=steps, warmup=warmup))
+    write_text(out_dir / "bench.md", markdown)
     return frame
 
 
@@ -255,6 +313,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if available, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--loops", type=_names, default=list(DEFAULT_LOOPS),
                    help=f"comma-separated from: plain, {', '.join(ENGINE_LOOPS)} (default: plain,engine)")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="also profile STEPS eager engine steps of each model: DIR/profile.csv (default: off)")
     p.add_argument("--out", required=True, help="output folder")
     return p
 
@@ -262,5 +322,5 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     """Run the bench from ``add_parser``'s arguments and print the markdown table."""
     run_bench(args.data, args.models, args.steps, args.device, args.out, warmup=args.warmup,
-              loops=args.loops, log=lambda message: print(message, file=sys.stderr, flush=True))
+              loops=args.loops, profile_steps=args.profile, log=lambda message: print(message, file=sys.stderr, flush=True))
     print((Path(args.out) / "bench.md").read_text(encoding="utf-8"), end="")

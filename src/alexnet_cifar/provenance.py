@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from .config import RunSettings
+from .config import EXECUTION_KEYS, RESULT_KEYS, RunSettings
 
 
 def git_commit(start: Path | None = None) -> str | None:
@@ -34,8 +34,7 @@ def provenance(settings: RunSettings, device: torch.device, *, data_md5: str, st
                resumed_from_epoch: int) -> dict:
     cuda = device.type == "cuda"
     return {
-        "settings": {**settings.result_params(), "device": settings.device, "cuda_graph": settings.cuda_graph,
-                     "eval_batch_size": settings.eval_batch_size},
+        "settings": {key: getattr(settings, key) for key in RESULT_KEYS + EXECUTION_KEYS},
         "seed": settings.seed,
         "data_md5": data_md5,
         "device": str(device),

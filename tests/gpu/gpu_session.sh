@@ -25,7 +25,8 @@ fi
 
 if [ "$phase" = check ]; then
     python -m alexnet_cifar bench --data "$work/cifar10.npz" --models paper,torchvision --steps 400 \
-        --warmup 50 --device cuda --loops plain,engine,engine-eager,engine+bf16+channels_last --out "$out" \
+        --warmup 50 --device cuda --loops plain,engine,engine-foreach,engine-eager,engine+bf16+channels_last \
+        --profile 50 --out "$out" \
         || echo "BENCH FAILED"
     python tests/gpu/check_graph_vs_eager.py --data "$work/cifar10.npz" --epochs 2 --limit-train 10000 \
         --out "$out/graph_vs_eager.json" || echo "CHECK FAILED (exit $?)"
