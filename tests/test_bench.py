@@ -55,9 +55,10 @@ def test_bench_profile_lists_the_step_s_operators(tiny_npz, tmp_path):
     assert set(profile["model"]) == {"paper"}
     assert profile["us_per_step"].is_monotonic_decreasing and (profile["us_per_step"] > 0).all()
     assert profile["share_pct"].sum() == pytest.approx(100)
-    # Every step runs the 5 convolutions forward, and the SGD update once (fused by default).
+    # Every step runs the 5 convolutions forward, and the fused SGD update (the default) once for
+    # the classifier and once for the features.
     kernels = dict(zip(profile["kernel"], profile["calls_per_step"]))
-    assert kernels["aten::convolution"] == 5 and kernels["aten::_fused_sgd_"] == 1
+    assert kernels["aten::convolution"] == 5 and kernels["aten::_fused_sgd_"] == 2
     markdown = (tmp_path / "bench.md").read_text()
     assert "paper:" in markdown and "ms of device time per eager step" in markdown
 

@@ -1,6 +1,7 @@
 """The training engine on the CPU: same numbers as a plain loop, resume, determinism, signals."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from alexnet_cifar.config import RunSettings
 from alexnet_cifar.data import Cifar10Arrays
-from alexnet_cifar.engine import Trainer, fit, read_history
+from alexnet_cifar.engine import Trainer, fit, read_history, to_model_input
 from alexnet_cifar.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,6 +102,29 @@ def test_two_runs_with_the_same_seed_are_identical(npz, tmp_path, uninterrupted)
     assert len(uninterrupted) == 3
 
 
+@pytest.mark.parametrize("model", ["paper", "torchvision"])
+def test_the_cut_backward_pass_is_exactly_one_backward_pass_and_one_sgd_step(model):
+    """The engine's step (classifier's backward and update, then the features') changes the weights
+    bit for bit as ``loss.backward()`` and one SGD step over all parameters do, dropout included."""
+    torch.set_num_threads(2)
+    data = arrays(n_train=8)
+    trainer = Trainer(RunSettings(model=model, device="cpu"), data, torch.device("cpu"), log=lambda _: None)
+    initial, reference = copy.deepcopy(trainer.model), copy.deepcopy(trainer.model)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.001, momentum=0.9, fused=True)
+    for step, idx in enumerate(torch.arange(8).view(2, 4).repeat(2, 1)):
+        torch.manual_seed(step)  # the same dropout masks for both
+        trainer.train_step(idx)
+        torch.manual_seed(step)
+        x = to_model_input(trainer.train_x[idx], trainer.input_size)
+        optimizer.zero_grad()
+        F.cross_entropy(reference(x), trainer.train_y[idx]).backward()
+        optimizer.step()
+    for a, b in zip(trainer.model.parameters(), reference.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(trainer.model.parameters(), initial.parameters()):
+        assert not torch.equal(a, b)  # every layer was trained
+
+
 def test_fused_and_foreach_sgd_train_alike_and_a_resume_keeps_the_chosen_update(tmp_path):
     """The fused update is the default, agrees with foreach up to rounding, and a checkpoint written
     with one does not bring it back into a run that asked for the other."""
@@ -111,8 +135,9 @@ def test_fused_and_foreach_sgd_train_alike_and_a_resume_keeps_the_chosen_update(
         settings = RunSettings(model="paper", epochs=2, device="cpu", fused_sgd=fused)
         trainers[fused] = Trainer(settings, data, torch.device("cpu"), log=lambda _: None)
         no_dropout(trainers[fused].model)
-    assert trainers[True].optimizer.param_groups[0]["fused"] is True
-    assert trainers[False].optimizer.param_groups[0]["foreach"] is True
+    for part in ("features", "classifier"):
+        assert trainers[True].optimizers[part].param_groups[0]["fused"] is True
+        assert trainers[False].optimizers[part].param_groups[0]["foreach"] is True
     losses = {fused: [t.train_epoch()[0] for _ in range(2)] for fused, t in trainers.items()}
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
     for a, b in zip(trainers[True].model.parameters(), trainers[False].model.parameters()):
@@ -123,9 +148,10 @@ def test_fused_and_foreach_sgd_train_alike_and_a_resume_keeps_the_chosen_update(
     resumed = Trainer(RunSettings(model="paper", device="cpu", fused_sgd=False), data, torch.device("cpu"),
                       log=lambda _: None)
     assert resumed.load_checkpoint(tmp_path / "checkpoint.pt", fingerprint)
-    group = resumed.optimizer.param_groups[0]
-    assert (group["fused"], group["foreach"]) == (False, True)
-    assert resumed.optimizer.state_dict()["state"]  # the momenta came with it
+    for optimizer in resumed.optimizers.values():
+        group = optimizer.param_groups[0]
+        assert (group["fused"], group["foreach"]) == (False, True)
+        assert optimizer.state_dict()["state"]  # the momenta came with it
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 128 + 15)])

@@ -51,6 +51,17 @@ def test_deterministic_torchvision_model_computes_the_same_function():
         assert torch.equal(plain(x), deterministic(x))
 
 
+@pytest.mark.parametrize("name, deterministic", [("paper", False), ("torchvision", False), ("torchvision", True)])
+def test_body_then_classifier_is_the_model(name, deterministic):
+    """The engine's backward pass is cut between the two: together they must be the whole forward."""
+    model = build_model(name, deterministic=deterministic).eval()
+    x = torch.randn(2, 3, MODELS[name].input_size, MODELS[name].input_size)
+    with torch.no_grad():
+        features = MODELS[name].body(model, x)
+        assert features.shape == (2, 9216)
+        assert torch.equal(model.classifier(features), model(x))
+
+
 def test_schema_models_match_the_registry():
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     run_schema = schema["properties"]["runs"]["additionalProperties"]["allOf"][1]
@@ -77,8 +88,8 @@ def test_only_result_settings_change_the_fingerprint():
     base = RunSettings(model="paper")
     assert set(base.result_params()) == set(RESULT_KEYS)
     assert "device" not in base.result_params()
-    assert base.fingerprint("m") == RunSettings(model="paper", device="cpu", cuda_graph=False,
-                                                           fused_sgd=False).fingerprint("m")
+    assert base.fingerprint("m") == RunSettings(
+        model="paper", device="cpu", cuda_graph=False, fused_sgd=False, overlap_update=True).fingerprint("m")
     assert base.fingerprint("m") != RunSettings(model="paper", lr=0.01).fingerprint("m")
     assert base.fingerprint("m") != base.fingerprint("other data")
 

@@ -149,6 +149,7 @@ def test_a_mirror_url_or_another_device_retrains_nothing(finished):
     config["train"]["device"] = "auto"
     config["train"]["cuda_graph"] = False
     config["train"]["fused_sgd"] = False
+    config["train"]["overlap_update"] = True
     (workdir / "mirror.yaml").write_text(yaml.safe_dump(config))
     plan = snakemake(workdir, "-n", configfile="mirror.yaml")
     assert planned_jobs(plan.stdout) == {}

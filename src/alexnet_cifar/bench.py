@@ -43,6 +43,7 @@ ENGINE_LOOPS: dict[str, dict] = {
     "engine": {},
     "engine-eager": {"cuda_graph": False},  # on the CPU the same as "engine": it never uses a graph
     "engine-foreach": {"fused_sgd": False},  # the multi-tensor SGD update instead of the fused one
+    "engine+overlap": {"overlap_update": True},  # the classifier's update on a second CUDA stream
     "engine+bf16+channels_last": {"bf16": True, "channels_last": True},
 }
 DEFAULT_LOOPS = ("plain", "engine")

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false")
     p.add_argument("--no-fused-sgd", dest="fused_sgd", action="store_false",
                    help="the multi-tensor (foreach) SGD update instead of the fused kernel")
+    p.add_argument("--overlap-update", action="store_true",
+                   help="on CUDA, update the classifier on a second stream during the features' backward")
     p.add_argument("--threads", type=_positive_int, help="CPU threads for PyTorch")
     p.add_argument("--log", help="also write the log to this file")
 
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                     momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
                     num_classes=args.num_classes, deterministic=args.deterministic, bf16=args.bf16,
                     channels_last=args.channels_last, device=args.device, cuda_graph=args.cuda_graph,
-                    fused_sgd=args.fused_sgd, eval_batch_size=args.eval_batch_size)
+                    fused_sgd=args.fused_sgd, overlap_update=args.overlap_update,
+                    eval_batch_size=args.eval_batch_size)
                 stages.train(settings, args.data, args.out, threads=args.threads)
             elif args.command == "metrics":
                 stages.run_metrics(args.history, args.csv, args.facts)

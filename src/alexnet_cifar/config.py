@@ -19,7 +19,7 @@ RESULT_KEYS = (
     "deterministic", "bf16", "channels_last",
 )
 #: Settings that only change how (where, how fast) the same run is computed.
-EXECUTION_KEYS = ("device", "cuda_graph", "fused_sgd", "eval_batch_size")
+EXECUTION_KEYS = ("device", "cuda_graph", "fused_sgd", "overlap_update", "eval_batch_size")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class RunSettings:
     device: str = "auto"
     cuda_graph: bool = True
     fused_sgd: bool = True
+    overlap_update: bool = False
     eval_batch_size: int = 500
 
     def __post_init__(self) -> None:

@@ -7,6 +7,9 @@ than arithmetic. The engine therefore
 - accumulates loss, correct count and the first non-finite step on the device, reading them once per
   epoch (and every ``poll_every`` steps, to stop a diverged run early) instead of every step;
 - updates the weights with PyTorch's fused SGD kernel (one pass over parameters, gradients, momenta);
+- runs the backward pass in two parts, cut where the classifier begins, so the classifier's update
+  (95 % of the parameters) can run on a second CUDA stream while the convolutions' gradients are
+  computed (``overlap_update``);
 - on CUDA, captures the whole step (gather, resize, forward, loss, backward, SGD update) as one CUDA
   graph and replays it. The CPU runs the same step eagerly.
 
@@ -33,7 +36,7 @@ from .config import RunSettings
 from .models import build_model, get_spec
 
 HISTORY_FILE, MODEL_FILE, CHECKPOINT_FILE = "history.jsonl", "model.pt", "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: one optimizer state for the features, one for the classifier
 
 
 class TrainingInterrupted(Exception):
@@ -115,7 +118,8 @@ class Trainer:
         self.progress = progress  # called with (steps done, steps) about 100 times an epoch
         self.stop = stop or StopFlag()
         self.poll_every = poll_every
-        self.input_size = get_spec(settings.model).input_size
+        spec = get_spec(settings.model)
+        self.input_size, self.body = spec.input_size, spec.body
         configure_determinism(settings.deterministic, device)
         torch.manual_seed(settings.seed)
         self.model = build_model(settings.model, settings.num_classes, settings.deterministic).to(device)
@@ -125,9 +129,16 @@ class Trainer:
         # (5 passes over model-sized tensors); foreach needs three kernels and 8 passes. At batch 4
         # most of a step's memory traffic is the optimizer's.
         self.sgd_impl = {"fused": settings.fused_sgd, "foreach": not settings.fused_sgd}
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=settings.lr, momentum=settings.momentum,
-            weight_decay=settings.weight_decay, **self.sgd_impl)
+        classifier = set(self.model.classifier.parameters())
+        # Two optimizers, one per part of the cut backward pass (see _step); same SGD, same settings.
+        self.optimizers = {
+            part: torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
+                                  weight_decay=settings.weight_decay, **self.sgd_impl)
+            for part, params in (
+                ("features", [p for p in self.model.parameters() if p not in classifier]),
+                ("classifier", list(self.model.classifier.parameters())))}
+        self.update_stream = (torch.cuda.Stream(device) if device.type == "cuda" and settings.overlap_update
+                              else None)
         self.order_rng = torch.Generator(device=device)
         self.order_rng.manual_seed(settings.seed)
         self.train_x = torch.as_tensor(data.train_images).to(device)
@@ -148,17 +159,44 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.s.bf16,
                               cache_enabled=not self.use_graph)
 
+    def _zero_grad(self) -> None:
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+
+    @contextlib.contextmanager
+    def _beside_backward(self) -> Iterator[None]:
+        """Run the block on ``update_stream``, after the work queued so far (or inline without one)."""
+        if self.update_stream is None:
+            yield
+            return
+        self.update_stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.update_stream):
+            yield
+
     def _step(self, idx: torch.Tensor) -> None:
-        """One SGD step on the images at ``idx``; everything it produces stays on the device."""
+        """One SGD step on the images at ``idx``; everything it produces stays on the device.
+
+        The backward pass is cut where the classifier begins: first the classifier's gradients (and
+        the gradient of its input), then its update, then the features' gradients and update. The
+        arithmetic is that of one ``loss.backward()`` and one SGD step. With ``update_stream`` the
+        classifier's update, which moves most of the step's bytes, runs beside the features' backward.
+        """
         t = self.totals
         x = to_model_input(self.train_x.index_select(0, idx), self.input_size, self.s.channels_last)
         y = self.train_y.index_select(0, idx)
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grad()
         with self._autocast():
-            logits = self.model(x)
+            features = self.body(self.model, x)
+            cut = features.detach().requires_grad_()
+            logits = self.model.classifier(cut)
         loss = F.cross_entropy(logits.float(), y)
-        loss.backward()
-        self.optimizer.step()
+        loss.backward()  # stops at the cut: the classifier's gradients and cut.grad
+        with self._beside_backward():
+            self.optimizers["classifier"].step()
+        features.backward(cut.grad)  # on the forward's stream, as autograd always runs it
+        self.optimizers["features"].step()
+        if self.update_stream is not None:  # the step ends when both streams are done
+            torch.cuda.current_stream(self.device).wait_stream(self.update_stream)
         loss = loss.detach()
         t.loss_sum.add_(loss * idx.numel())
         t.correct.add_((logits.detach().argmax(1) == y).sum())
@@ -169,7 +207,7 @@ class Trainer:
     def _capture(self) -> None:
         """Capture ``_step`` on ``batch_idx`` as a CUDA graph (after eager warm-up steps)."""
         self.graph = torch.cuda.CUDAGraph()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grad()
         with torch.cuda.graph(self.graph):
             self._step(self.batch_idx)
 
@@ -245,7 +283,8 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": len(self.history),
             "steps_done": self.steps_done, "history": self.history,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.model.state_dict(),
+            "optimizers": {part: o.state_dict() for part, o in self.optimizers.items()},
             "rng": {"torch": torch.get_rng_state(), "data_order": self.order_rng.get_state(),
                     "cuda": torch.cuda.get_rng_state(self.device) if cuda else None},
         }
@@ -264,9 +303,10 @@ class Trainer:
                        or ck.get("format") != CHECKPOINT_FORMAT else None)
             if problem is None:
                 self.model.load_state_dict(ck["model"])
-                self.optimizer.load_state_dict(ck["optimizer"])
-                for group in self.optimizer.param_groups:  # loading brought the writer's choice back
-                    group.update(self.sgd_impl)
+                for part, optimizer in self.optimizers.items():
+                    optimizer.load_state_dict(ck["optimizers"][part])
+                    for group in optimizer.param_groups:  # loading brought the writer's choice back
+                        group.update(self.sgd_impl)
                 torch.set_rng_state(ck["rng"]["torch"])
                 self.order_rng.set_state(ck["rng"]["data_order"])
                 if self.device.type == "cuda" and ck["rng"]["cuda"] is not None:
@@ -321,7 +361,7 @@ def fit(settings: RunSettings, data, out_dir: str | os.PathLike, device: torch.d
         record = {
             "epoch": len(history) + 1, "train_loss": _finite_or_none(train_loss), "train_acc": train_acc,
             "test_loss": _finite_or_none(test_loss), "test_acc": test_acc,
-            "lr": trainer.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
+            "lr": trainer.optimizers["classifier"].param_groups[0]["lr"], "seconds": time.perf_counter() - started,
             "diverged_at_step": bad_step,
         }
         history.append(record)

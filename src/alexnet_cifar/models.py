@@ -50,12 +50,16 @@ class PaperAlexNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.body(x))
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything before the classifier: the flattened 9216 features."""
         if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
             raise ValueError(
                 f"the 'paper' AlexNet needs {self.input_size}x{self.input_size} inputs, "
                 f"got {x.shape[-2]}x{x.shape[-1]}; resize the images to {self.input_size}"
             )
-        return self.classifier(torch.flatten(self.features(x), 1))
+        return torch.flatten(self.features(x), 1)
 
 
 class PoolToMultiple(nn.Module):
@@ -88,21 +92,29 @@ def torchvision_alexnet(num_classes: int = 10, deterministic: bool = False) -> n
     return model
 
 
+def torchvision_body(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Everything before torchvision AlexNet's classifier, as its ``forward`` runs it."""
+    return torch.flatten(model.avgpool(model.features(x)), 1)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
     input_size: int
     build: Callable[..., nn.Module]
+    #: (model, images) -> the flattened features its ``classifier`` takes, so that
+    #: ``model(x) == model.classifier(body(model, x))``.
+    body: Callable[[nn.Module, torch.Tensor], torch.Tensor]
     description: str
 
 
 MODELS: dict[str, ModelSpec] = {
     "paper": ModelSpec(
-        "paper", 227, lambda num_classes, deterministic=False: PaperAlexNet(num_classes),
+        "paper", 227, lambda num_classes, deterministic=False: PaperAlexNet(num_classes), PaperAlexNet.body,
         "AlexNet as in the paper (96-256-384-384-256, no LRN), 227x227 input",
     ),
     "torchvision": ModelSpec(
-        "torchvision", 224, torchvision_alexnet,
+        "torchvision", 224, torchvision_alexnet, torchvision_body,
         "torchvision.models.alexnet (64-192-384-256-256), 224x224 input",
     ),
 }
