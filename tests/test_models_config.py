@@ -76,6 +76,23 @@ def test_schema_defaults_match_the_settings_defaults():
     assert set(defaults) | {"model"} == set(RunSettings.__dataclass_fields__)
 
 
+def test_config_readme_documents_every_key_with_its_default():
+    """config/README.md has a row per key, and a train key's row shows the schema's default."""
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    rows = {}
+    for line in (REPO / "config/README.md").read_text().splitlines():
+        if line.startswith("| `"):
+            key, default = [cell.strip() for cell in line.split("|")[1:3]]
+            rows[key.strip("`")] = default
+    train = schema["properties"]["train"]["allOf"][1]["properties"]
+    keys = [k for k in schema["properties"] if k not in ("dataset", "train")]
+    keys += [f"dataset.{k}" for k in schema["properties"]["dataset"]["properties"]]
+    keys += [f"train.{k}" for k in train]
+    assert sorted(rows) == sorted(keys)
+    for key, spec in train.items():
+        assert rows[f"train.{key}"] == f"`{yaml.safe_dump(spec['default']).splitlines()[0]}`", key
+
+
 def test_a_run_merges_its_overrides_over_the_train_defaults():
     config = {"train": {"epochs": 3, "lr": 0.01}, "runs": {"a": {"model": "torchvision", "lr": 0.1}}}
     settings = resolve_run(config, "a")
