@@ -8,7 +8,7 @@ than arithmetic. The engine therefore
   epoch (and every ``poll_every`` steps, to stop a diverged run early) instead of every step;
 - updates the weights with PyTorch's fused SGD kernel (one pass over parameters, gradients, momenta);
 - runs the backward pass in two parts, cut where the classifier begins, so the classifier's update
-  (95 % of the parameters) can run on a second CUDA stream while the convolutions' gradients are
+  (94-96 % of the parameters) can run on a second CUDA stream while the convolutions' gradients are
   computed (``overlap_update``);
 - on CUDA, captures the whole step (gather, resize, forward, loss, backward, SGD update) as one CUDA
   graph and replays it. The CPU runs the same step eagerly.
