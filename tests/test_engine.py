@@ -191,6 +191,18 @@ def test_a_checkpoint_from_other_settings_is_set_aside(npz, tmp_path):
     assert len(list(tmp_path.glob("checkpoint.set-aside-*.pt"))) == 1
 
 
+def test_a_checkpoint_of_an_older_format_is_set_aside_naming_both_formats(tmp_path):
+    settings = RunSettings(model="torchvision", epochs=1, device="cpu")
+    trainer = Trainer(settings, arrays(8, 4), torch.device("cpu"), log=lambda _: None)
+    old = {**trainer.state(settings.fingerprint("md5")), "format": 1}
+    torch.save(old, tmp_path / "checkpoint.pt")
+    messages = []
+    _, resumed = fit(settings, arrays(8, 4), tmp_path, torch.device("cpu"), data_md5="md5", log=messages.append)
+    assert resumed == 0
+    assert any("it has format 1, this version reads format 2" in m for m in messages)
+    assert len(list(tmp_path.glob("checkpoint.set-aside-*.pt"))) == 1
+
+
 def test_an_unreadable_checkpoint_is_set_aside(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     messages = []

@@ -299,8 +299,12 @@ class Trainer:
             return False
         try:
             ck = torch.load(path, map_location="cpu", weights_only=True)
-            problem = ("it was written by other settings or data" if ck.get("fingerprint") != fingerprint
-                       or ck.get("format") != CHECKPOINT_FORMAT else None)
+            if ck.get("format") != CHECKPOINT_FORMAT:
+                problem = f"it has format {ck.get('format')}, this version reads format {CHECKPOINT_FORMAT}"
+            elif ck.get("fingerprint") != fingerprint:
+                problem = "it was written by other settings or data"
+            else:
+                problem = None
             if problem is None:
                 self.model.load_state_dict(ck["model"])
                 for part, optimizer in self.optimizers.items():
