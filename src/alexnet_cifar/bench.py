@@ -147,13 +147,18 @@ def _plain_ms(model_name: str, data, device: torch.device, warmup: int, steps: i
         source.close()  # drops the DataLoader iterator, which stops its workers
 
 
-def _engine_ms(model_name: str, data, device: torch.device, warmup: int, steps: int,
-               overrides: Mapping) -> float:
+def _trainer(model_name: str, data, device: torch.device, overrides: Mapping):
+    """The engine at the bench's protocol (batch 4, lr, momentum) with ``overrides`` of its settings."""
     from .engine import Trainer
 
     settings = RunSettings(model=model_name, batch_size=BATCH_SIZE, lr=LR, momentum=MOMENTUM,
                            device=str(device), **overrides)
-    trainer = Trainer(settings, data, device, log=lambda _: None)
+    return Trainer(settings, data, device, log=lambda _: None)
+
+
+def _engine_ms(model_name: str, data, device: torch.device, warmup: int, steps: int,
+               overrides: Mapping) -> float:
+    trainer = _trainer(model_name, data, device, overrides)
     # Warm-up must include the CUDA graph's eager warm-up steps and its capture.
     warmup = max(warmup, trainer.warmup_left + 1) if trainer.use_graph else warmup
     # Shuffled full batches, as train_epoch draws them, made before timing (one randperm an epoch).
@@ -180,12 +185,8 @@ def profile_engine(model_name: str, data, device: torch.device, steps: int, warm
     them; the graph's own ms/step minus the kernel total is what launch gaps cost."""
     from torch.profiler import ProfilerActivity, profile
 
-    from .engine import Trainer
-
     cuda = device.type == "cuda"
-    settings = RunSettings(model=model_name, batch_size=BATCH_SIZE, lr=LR, momentum=MOMENTUM,
-                           device=str(device), cuda_graph=False)
-    trainer = Trainer(settings, data, device, log=lambda _: None)
+    trainer = _trainer(model_name, data, device, {"cuda_graph": False})
     n = trainer.train_x.shape[0]
     batches = torch.arange(BATCH_SIZE * (warmup + steps), device=device).remainder(n).view(-1, BATCH_SIZE)
     for idx in batches[:warmup]:
