@@ -129,14 +129,15 @@ class Trainer:
         # (5 passes over model-sized tensors); foreach needs three kernels and 8 passes. At batch 4
         # most of a step's memory traffic is the optimizer's.
         self.sgd_impl = {"fused": settings.fused_sgd, "foreach": not settings.fused_sgd}
-        classifier = set(self.model.classifier.parameters())
+        classifier = list(self.model.classifier.parameters())
+        in_classifier = set(classifier)
         # Two optimizers, one per part of the cut backward pass (see _step); same SGD, same settings.
         self.optimizers = {
             part: torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
                                   weight_decay=settings.weight_decay, **self.sgd_impl)
             for part, params in (
-                ("features", [p for p in self.model.parameters() if p not in classifier]),
-                ("classifier", list(self.model.classifier.parameters())))}
+                ("features", [p for p in self.model.parameters() if p not in in_classifier]),
+                ("classifier", classifier))}
         self.update_stream = (torch.cuda.Stream(device) if device.type == "cuda" and settings.overlap_update
                               else None)
         self.order_rng = torch.Generator(device=device)
