@@ -391,3 +391,110 @@ def test_load_npz_bad_files(tmp_path, content):
         (tmp_path / "c.npz").write_bytes(content)
     with pytest.raises(DataError, match="prepare step"):
         load_npz(tmp_path / "c.npz")
+
+
+def npz_with(path, **changes) -> None:
+    """A prepared file of 4 training and 3 test images, with ``changes`` replacing (or, as None, removing) arrays."""
+    rng = np.random.default_rng(0)
+    arrays = {"train_images": rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8),
+              "train_labels": np.array([0, 1, 9, 3]),
+              "test_images": rng.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8),
+              "test_labels": np.array([2, 5, 7])}
+    arrays.update(changes)
+    with open(path, "wb") as f:
+        np.savez(f, **{k: v for k, v in arrays.items() if v is not None})
+
+
+def test_load_npz_accepts_any_integer_labels_and_returns_int64(tmp_path):
+    npz_with(tmp_path / "c.npz", train_labels=np.array([0, 1, 9, 3], np.uint8))
+    arrays = load_npz(tmp_path / "c.npz")
+    assert arrays.train_labels.dtype == np.int64 and arrays.test_labels.dtype == np.int64
+    np.testing.assert_array_equal(arrays.train_labels, [0, 1, 9, 3])
+    assert arrays.train_images.shape == (4, 3, 32, 32)
+
+
+DAMAGED_NPZ = {
+    "float-images": ({"train_images": np.zeros((4, 3, 32, 32), np.float32)},
+                     r"train_images should be uint8 of shape \(N, 3, 32, 32\), found float32 of shape \(4, 3, 32, 32\)"),
+    "channels-last": ({"test_images": np.zeros((3, 32, 32, 3), np.uint8)}, r"test_images .* found uint8 of shape \(3, 32, 32, 3\)"),
+    "flat-images": ({"train_images": np.zeros((4, 3072), np.uint8)}, r"train_images .* shape \(4, 3072\)"),
+    "float-labels": ({"train_labels": np.array([0.0, 1, 2, 3])}, r"train_labels should be integers .* found float64"),
+    "2d-labels": ({"test_labels": np.zeros((3, 1), np.int64)}, r"test_labels should be integers of shape \(N,\), found int64 of shape \(3, 1\)"),
+    "label-10": ({"test_labels": np.array([2, 10, 7])}, r"test_labels must be 0\.\.9, found 10 at index 1"),
+    "label-negative": ({"train_labels": np.array([0, -1, -2, 3])}, r"train_labels must be 0\.\.9, found -1 at index 1 \(2 out of range\)"),
+    "count-mismatch": ({"train_labels": np.array([0, 1, 2])}, r"train_labels has 3 labels for 4 images"),
+    "empty-split": ({"test_images": np.zeros((0, 3, 32, 32), np.uint8), "test_labels": np.zeros(0, np.int64)},
+                    r"the test split is empty"),
+    "missing-key": ({"test_labels": None}, r"no array 'test_labels' \(found \['test_images', 'train_images', 'train_labels'\]\)"),
+    "object-array": ({"test_labels": np.array([1, "x", None], dtype=object)}, r"not a readable \.npz"),
+}
+
+
+@pytest.mark.parametrize("changes, pattern", DAMAGED_NPZ.values(), ids=DAMAGED_NPZ.keys())
+def test_load_npz_refuses_a_damaged_file_naming_the_array(tmp_path, changes, pattern):
+    npz_with(tmp_path / "c.npz", **changes)
+    with pytest.raises(DataError, match=pattern) as err:
+        load_npz(tmp_path / "c.npz")
+    assert str(tmp_path / "c.npz") in str(err.value) and "rerun the prepare step" in str(err.value)
+
+
+# ------------------------------------------------------------------- batches.meta and the configured MD5
+
+def test_prepare_checks_the_md5_it_is_given(tiny_archive, tmp_path):
+    path, md5 = tiny_archive
+    assert prepare(path, tmp_path / "c.npz", md5=md5) == {"train": 30, "test": 12}
+
+
+def test_prepare_refuses_an_archive_that_is_not_the_configured_one_before_reading_it(tmp_path):
+    other = tmp_path / "cifar-10-python.tar.gz"
+    other.write_bytes(b"<html>not even an archive</html>")  # reading it would fail otherwise
+    with pytest.raises(DataError) as err:
+        prepare(other, tmp_path / "c.npz", md5=WRONG_MD5)
+    message = str(err.value)
+    assert file_md5(other) in message and WRONG_MD5 in message and str(other) in message
+    assert "not the configured archive" in message and "dataset.md5" in message and "Delete it" in message
+    assert "damaged" not in message
+    assert_only(tmp_path, "cifar-10-python.tar.gz")
+
+
+def test_prepare_refuses_a_malformed_md5(tiny_archive, tmp_path):
+    with pytest.raises(DataError, match="32 lowercase hex"):
+        prepare(tiny_archive[0], tmp_path / "c.npz", md5="C58F")
+
+
+def test_prepare_refuses_an_archive_without_batches_meta(tmp_path):
+    path, _ = build_archive(tmp_path / "a.tar.gz", replace={"batches.meta": None})
+    with pytest.raises(DataError, match=f"no file {BATCH_DIR}/batches.meta"):
+        prepare(path, tmp_path / "c.npz")
+    assert not (tmp_path / "c.npz").exists()
+
+
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+WRONG_META = {
+    "cifar100-like": {"fine_label_names": ["apple"] * 100},
+    "reordered": {"label_names": CIFAR10[::-1]},
+    "nine-classes": {"label_names": CIFAR10[:9]},
+    "not-a-list": {"label_names": "airplane"},
+    "not-a-dict": ["airplane"],
+}
+
+
+@pytest.mark.parametrize("meta", WRONG_META.values(), ids=WRONG_META.keys())
+def test_prepare_refuses_wrong_class_names(tmp_path, meta):
+    path, _ = build_archive(tmp_path / "a.tar.gz", replace={"batches.meta": pickle.dumps(meta, protocol=2)})
+    with pytest.raises(DataError, match=f"{BATCH_DIR}/batches.meta: 'label_names' should be the CIFAR-10 classes") as err:
+        prepare(path, tmp_path / "c.npz")
+    assert "not the CIFAR-10 python archive" in str(err.value)
+    assert not (tmp_path / "c.npz").exists()
+
+
+@pytest.mark.parametrize("meta", [{b"label_names": [n.encode() for n in CIFAR10]}, {"label_names": tuple(CIFAR10)}],
+                         ids=["bytes", "str"])
+def test_prepare_accepts_class_names_as_bytes_or_str(tmp_path, meta):
+    path, _ = build_archive(tmp_path / "a.tar.gz", replace={"batches.meta": pickle.dumps(meta, protocol=2)})
+    assert prepare(path, tmp_path / "c.npz") == {"train": 30, "test": 12}
+
+
+def test_data_module_keeps_no_copy_of_the_configured_url_or_md5():
+    assert data.CLASSES == tuple(CIFAR10)
+    assert not hasattr(data, "OFFICIAL_URL") and not hasattr(data, "OFFICIAL_MD5")

@@ -29,6 +29,7 @@ from typing import IO, Callable, NamedTuple
 import numpy as np
 
 from .atomic import atomic_path
+from .errors import UserError
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct
@@ -37,18 +38,18 @@ except ImportError:  # numpy 1.x
     from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
     from numpy.core.numeric import _frombuffer  # type: ignore[no-redef]
 
-OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
+META = "batches.meta"  # the class names: CIFAR-100 and other look-alikes differ here
 
 _CHUNK = 1 << 20
 _BACKOFF_S = 0.5  # first retry waits this long, then twice as long each time
 _MD5_RE = re.compile(r"[0-9a-f]{32}")
 _REFETCH = "delete it and download it again (check dataset.url and dataset.md5 in the config)"
+_REPREPARE = "delete it and rerun the prepare step"
 # Only what numpy needs to rebuild an ndarray: protocol 2 from Python 2 / numpy 1.x (the official
 # file), protocol 2 from Python 3 (bytes via _codecs.encode) and protocol 5 from numpy 2.
 _SAFE_GLOBALS: dict[tuple[str, str], object] = {
@@ -62,7 +63,7 @@ _SAFE_GLOBALS: dict[tuple[str, str], object] = {
 }
 
 
-class DataError(Exception):
+class DataError(UserError):
     """Bad input data (archive, URL, checksum, file); the message names the problem and the fix."""
 
 
@@ -98,8 +99,7 @@ def download(url: str | os.PathLike, dest: str | os.PathLike, md5: str, *, retri
     """
     log = log or (lambda message: None)
     url, dest = os.fspath(url), Path(dest)
-    if not isinstance(md5, str) or not _MD5_RE.fullmatch(md5):
-        raise DataError(f"invalid MD5 {md5!r}: it must be 32 lowercase hex digits; fix dataset.md5 in the config")
+    _check_md5_format(md5)
     if not isinstance(retries, int) or retries < 0:
         raise DataError(f"retries must be a whole number >= 0, got {retries!r}")
     scheme = urllib.parse.urlsplit(url).scheme.lower()
@@ -117,6 +117,11 @@ def download(url: str | os.PathLike, dest: str | os.PathLike, md5: str, *, retri
         raise DataError(f"cannot download {url}: unsupported scheme {scheme!r}; use http(s)://, file:// or a path")
     log(f"{dest}: MD5 {md5} OK")
     return dest
+
+
+def _check_md5_format(md5: object) -> None:
+    if not isinstance(md5, str) or not _MD5_RE.fullmatch(md5):
+        raise DataError(f"invalid MD5 {md5!r}: it must be 32 lowercase hex digits; fix dataset.md5 in the config")
 
 
 def _fetch(url: str, dest: Path, md5: str, retries: int, timeout: float, log: Callable[[str], None]) -> None:
@@ -220,12 +225,14 @@ def _verify(actual: str, expected: str, url: str, html: bool) -> None:
 
 # ------------------------------------------------------------------------------------------ prepare
 
-def prepare(archive: str | os.PathLike, out: str | os.PathLike, *, limit_train: int | None = None,
-            limit_test: int | None = None) -> dict[str, int]:
+def prepare(archive: str | os.PathLike, out: str | os.PathLike, *, md5: str | None = None,
+            limit_train: int | None = None, limit_test: int | None = None) -> dict[str, int]:
     """Check the CIFAR-10 archive and write its images and labels to ``out`` (an uncompressed .npz).
 
-    Images become uint8 (N, 3, 32, 32), labels int64; ``limit_*`` keep the first N of a split.
-    Returns the number of images written per split.
+    With ``md5`` the archive must have that MD5, checked before anything is read: an archive put in
+    the data folder by hand is never downloaded, so this is where one that is not the configured
+    archive is caught. Images become uint8 (N, 3, 32, 32), labels int64; ``limit_*`` keep the first
+    N of a split. Returns the number of images written per split.
     """
     for name, limit in (("limit_train", limit_train), ("limit_test", limit_test)):
         if limit is not None and limit < 1:
@@ -233,6 +240,13 @@ def prepare(archive: str | os.PathLike, out: str | os.PathLike, *, limit_train: 
     archive, out = Path(archive), Path(out)
     if not archive.is_file():
         raise DataError(f"archive {archive} does not exist: run the download step first")
+    if md5 is not None:
+        _check_md5_format(md5)
+        actual = file_md5(archive)
+        if actual != md5:
+            raise DataError(f"{archive} has MD5 {actual}, but the config expects {md5} (dataset.md5): it is not "
+                            "the configured archive. Delete it to have the configured one downloaded, or, if it "
+                            "is the archive you want, set dataset.md5 (and dataset.url) in the config to match it")
     batches = _read_batches(archive)
     train_x = np.concatenate([batches[b][0] for b in TRAIN_BATCHES])[:limit_train]
     train_y = np.concatenate([batches[b][1] for b in TRAIN_BATCHES])[:limit_train]
@@ -248,7 +262,11 @@ def prepare(archive: str | os.PathLike, out: str | os.PathLike, *, limit_train: 
 
 
 def load_npz(path: str | os.PathLike) -> Cifar10Arrays:
-    """Load what :func:`prepare` wrote."""
+    """Load what :func:`prepare` wrote, checked as :class:`Cifar10Arrays` describes (labels as int64).
+
+    Every reader of the data set goes through here, so a damaged or hand-made file is refused with
+    its problem named instead of training on something else.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist: run the prepare step first")
@@ -256,10 +274,32 @@ def load_npz(path: str | os.PathLike) -> Cifar10Arrays:
         with np.load(path, allow_pickle=False) as npz:
             for key in Cifar10Arrays._fields:
                 if key not in npz.files:
-                    raise DataError(f"{path} has no array {key!r}: delete it and rerun the prepare step")
-            return Cifar10Arrays(*(npz[key] for key in Cifar10Arrays._fields))
+                    raise DataError(f"{path} has no array {key!r} (found {sorted(npz.files)}): {_REPREPARE}")
+            arrays = {key: npz[key] for key in Cifar10Arrays._fields}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path} is not a readable .npz ({e}): delete it and rerun the prepare step") from e
+        raise DataError(f"{path} is not a readable .npz ({e}): {_REPREPARE}") from e
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        arrays[f"{split}_labels"] = _check_split(path, split, images, labels)
+    return Cifar10Arrays(**arrays)
+
+
+def _check_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Check one split of the prepared file; return its labels as int64."""
+    def fail(problem: str) -> DataError:
+        return DataError(f"{path}: {problem}: {_REPREPARE}")
+    if images.dtype != np.uint8 or images.shape[1:] != (3, 32, 32):
+        raise fail(f"{split}_images should be uint8 of shape (N, 3, 32, 32), found {images.dtype} of shape {images.shape}")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise fail(f"{split}_labels should be integers of shape (N,), found {labels.dtype} of shape {labels.shape}")
+    if len(labels) != len(images):
+        raise fail(f"{split}_labels has {len(labels)} labels for {len(images)} images in {split}_images")
+    if len(labels) == 0:
+        raise fail(f"the {split} split is empty")
+    bad = np.flatnonzero((labels < 0) | (labels > 9))
+    if bad.size:
+        raise fail(f"{split}_labels must be 0..9, found {labels[bad[0]]} at index {bad[0]} ({bad.size} out of range)")
+    return labels.astype(np.int64)
 
 
 def _read_batches(archive: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -272,13 +312,16 @@ def _read_batches(archive: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             while tar.fileobj.read(_CHUNK):  # type: ignore[union-attr]
                 pass
             members = _check_members(listed)
-            wanted = [members[f"{BATCH_DIR}/{b}"] for b in (*TRAIN_BATCHES, TEST_BATCH)]
+            wanted = [members[f"{BATCH_DIR}/{b}"] for b in (*TRAIN_BATCHES, TEST_BATCH, META)]
             batches = {}
             # in archive order: the gzip stream then needs one pass, not one per batch
             for member in sorted(wanted, key=lambda m: m.offset_data):
                 short = posixpath.basename(posixpath.normpath(member.name))
                 payload = tar.extractfile(member).read()  # type: ignore[union-attr]
-                batches[short] = _check_batch(_unpickle(payload, short), short)
+                if short == META:
+                    _check_meta(_unpickle(payload, short))
+                else:
+                    batches[short] = _check_batch(_unpickle(payload, short), short)
             return batches
     except PermissionError as e:
         raise DataError(f"cannot read {archive}: {e}; check its permissions") from e
@@ -308,7 +351,7 @@ def _check_members(members: list[tarfile.TarInfo]) -> dict[str, tarfile.TarInfo]
         if name in found:
             raise DataError(f"archive holds {m.name!r} twice: {_REFETCH}")
         found[name] = m
-    for batch in (*TRAIN_BATCHES, TEST_BATCH):
+    for batch in (*TRAIN_BATCHES, TEST_BATCH, META):
         member = found.get(f"{BATCH_DIR}/{batch}")
         if member is None or not member.isreg():
             raise DataError(f"archive has no file {BATCH_DIR}/{batch}: it is not the CIFAR-10 python archive; {_REFETCH}")
@@ -339,11 +382,25 @@ def _unpickle(payload: bytes, member: str) -> object:
         raise DataError(f"{member} is not a readable pickle ({type(e).__name__}: {e}): {_REFETCH}") from e
 
 
+def _latin1(value: object) -> object:
+    """A Python 2 byte string as text (the official pickles hold bytes or str, depending on how they are read)."""
+    return value.decode("latin1") if isinstance(value, bytes) else value
+
+
+def _check_meta(meta: object) -> None:
+    """``batches.meta`` must name the ten CIFAR-10 classes in order, so labels 0..9 mean what the figures say."""
+    names = meta.get(b"label_names", meta.get("label_names")) if isinstance(meta, dict) else None
+    names = [_latin1(n) for n in names] if isinstance(names, (list, tuple)) else names
+    if names != list(CLASSES):
+        raise DataError(f"{BATCH_DIR}/{META}: 'label_names' should be the CIFAR-10 classes {list(CLASSES)}, "
+                        f"found {names!r}; this is not the CIFAR-10 python archive: {_REFETCH}")
+
+
 def _check_batch(batch: object, member: str) -> tuple[np.ndarray, np.ndarray]:
     """Return (data uint8 (N, 3072), labels int64 (N,)) from one unpickled batch."""
     if not isinstance(batch, dict):
         raise DataError(f"{member} holds a {type(batch).__name__}, expected a dict with 'data' and 'labels': {_REFETCH}")
-    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    batch = {_latin1(k): v for k, v in batch.items()}
     for key in ("data", "labels"):
         if key not in batch:
             raise DataError(f"{member} has no {key!r} entry (found {sorted(map(str, batch))}): {_REFETCH}")

@@ -1,6 +1,6 @@
 import package_path  # noqa: F401
 from alexnet_cifar import stages
 
-with stages.logging_to(snakemake.log[0]):
+with stages.job(snakemake.log[0]):
     stages.comparison_figure(dict(zip(snakemake.params.runs, snakemake.input.csv)), snakemake.input.reference,
                              snakemake.output.png)
