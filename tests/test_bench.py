@@ -55,10 +55,11 @@ def test_bench_profile_lists_the_step_s_operators(tiny_npz, tmp_path):
     assert set(profile["model"]) == {"paper"}
     assert profile["us_per_step"].is_monotonic_decreasing and (profile["us_per_step"] > 0).all()
     assert profile["share_pct"].sum() == pytest.approx(100)
-    # Every step runs the 5 convolutions forward, and the fused SGD update (the default) once for
-    # the classifier and once for the features.
+    # Every step runs the 5 convolutions forward and one multi-tensor SGD update (the default):
+    # the momentum and the weights, each in one call over all 16 parameter tensors.
     kernels = dict(zip(profile["kernel"], profile["calls_per_step"]))
-    assert kernels["aten::convolution"] == 5 and kernels["aten::_fused_sgd_"] == 2
+    assert kernels["aten::convolution"] == 5 and kernels["aten::_foreach_add_"] == 2
+    assert "aten::_fused_sgd_" not in kernels
     markdown = (tmp_path / "bench.md").read_text()
     assert "paper:" in markdown and "ms of device time per eager step" in markdown
 

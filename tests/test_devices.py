@@ -186,3 +186,19 @@ def test_resolve_auto_with_one_gpu_takes_it_without_a_lock(tmp_path, monkeypatch
     monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
     assert resolve_device("auto", model="paper", epochs=1, train_images=10, batch_size=4) == torch.device("cuda", 0)
     assert not (tmp_path / "locks").exists()
+
+
+def test_resolve_cuda_n_takes_that_gpu_without_changing_the_current_one(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert resolve_device("cuda:1", model="paper", epochs=1, train_images=10, batch_size=4) == torch.device("cuda", 1)
+    assert current == []  # the engine runs on the device it is given, not on the current one
+
+
+def test_resolve_cuda_n_beyond_the_visible_gpus_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(DeviceError, match=r"cuda:3 asks for GPU 3, but 2 GPU\(s\) are visible \(cuda:0 to cuda:1\)"):
+        resolve_device("cuda:3", model="paper", epochs=1, train_images=10, batch_size=4)

@@ -30,6 +30,7 @@ from PIL import Image
 from torchvision import transforms
 
 from .atomic import write_text
+from .errors import UserError
 from .config import RunSettings
 from .data import load_npz
 from .models import MODELS, build_model, get_spec
@@ -42,11 +43,14 @@ PROFILE_COLUMNS = ["model", "kernel", "calls_per_step", "us_per_step", "share_pc
 ENGINE_LOOPS: dict[str, dict] = {
     "engine": {},
     "engine-eager": {"cuda_graph": False},  # on the CPU the same as "engine": it never uses a graph
-    "engine-foreach": {"fused_sgd": False},  # the multi-tensor SGD update instead of the fused one
-    "engine+overlap": {"overlap_update": True},  # the classifier's update on a second CUDA stream
+    "engine-fused": {"fused_sgd": True},  # the fused SGD kernel instead of the multi-tensor update
     "engine+bf16+channels_last": {"bf16": True, "channels_last": True},
 }
 DEFAULT_LOOPS = ("plain", "engine")
+
+
+class BenchError(UserError, ValueError):
+    """Bench arguments that cannot work (unknown loop, too few images, no such device)."""
 
 
 class PilImages(torch.utils.data.Dataset):
@@ -71,9 +75,9 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "cpu":
         return torch.device("cpu")
     if not requested.startswith("cuda"):
-        raise ValueError(f"device: must be auto, cpu, cuda or cuda:N, got {requested!r}")
+        raise BenchError(f"device: must be auto, cpu, cuda or cuda:N, got {requested!r}")
     if not torch.cuda.is_available():
-        raise ValueError(f"device {requested}: no CUDA GPU is available; use --device cpu or auto")
+        raise BenchError(f"device {requested}: no CUDA GPU is available; use --device cpu or auto")
     device = torch.device(requested)
     index = torch.cuda.current_device() if device.index is None else device.index
     torch.cuda.set_device(index)  # the engine's warm-up stream and graph use the current device
@@ -153,7 +157,7 @@ def _trainer(model_name: str, data, device: torch.device, overrides: Mapping):
 
     settings = RunSettings(model=model_name, batch_size=BATCH_SIZE, lr=LR, momentum=MOMENTUM,
                            device=str(device), **overrides)
-    return Trainer(settings, data, device, log=lambda _: None)
+    return Trainer(settings, data, device)
 
 
 def _engine_ms(model_name: str, data, device: torch.device, warmup: int, steps: int,
@@ -164,7 +168,7 @@ def _engine_ms(model_name: str, data, device: torch.device, warmup: int, steps: 
     # Shuffled full batches, as train_epoch draws them, made before timing (one randperm an epoch).
     n, total = trainer.train_x.shape[0], warmup + steps
     if n < BATCH_SIZE:
-        raise ValueError(f"the bench needs at least {BATCH_SIZE} training images, got {n}")
+        raise BenchError(f"the bench needs at least {BATCH_SIZE} training images, got {n}")
     full = n // BATCH_SIZE
     gen = torch.Generator(device=device).manual_seed(0)
     order = torch.cat([torch.randperm(n, generator=gen, device=device)[: full * BATCH_SIZE]
@@ -235,9 +239,9 @@ def run_bench(data_path, models: Sequence[str], steps: int, device: str | torch.
         get_spec(name)
     unknown = [loop for loop in loops if loop != "plain" and loop not in engine_options]
     if unknown:
-        raise ValueError(f"unknown loop(s) {', '.join(unknown)}; choose from: plain, {', '.join(engine_options)}")
+        raise BenchError(f"unknown loop(s) {', '.join(unknown)}; choose from: plain, {', '.join(engine_options)}")
     if steps < 1 or warmup < 0 or profile_steps < 0:
-        raise ValueError(f"steps must be >= 1, warmup and profile >= 0, got steps={steps}, "
+        raise BenchError(f"steps must be >= 1, warmup and profile >= 0, got steps={steps}, "
                          f"warmup={warmup}, profile={profile_steps}")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     name, cuda = device_name(dev), dev.type == "cuda"

@@ -16,13 +16,15 @@ from typing import Callable, IO
 
 import torch
 
+from .errors import UserError
+
 # Measured on a 2-core CPU (2 threads), one SGD step at batch 4 (see the project's FINDINGS).
 CPU_SECONDS_PER_STEP = {"paper": 1.7, "torchvision": 1.45}
 
 _held_locks: list[IO] = []  # open lock files: closing them would release the GPU
 
 
-class DeviceError(RuntimeError):
+class DeviceError(UserError, RuntimeError):
     """The requested device cannot be used; the message says what to set instead."""
 
 
@@ -80,7 +82,11 @@ def resolve_device(requested: str, *, model: str, epochs: int, train_images: int
             f"{days:.1f} days. Run it on a GPU machine, or set train.device: cpu (e.g. "
             f"--config train='{{device: cpu}}' or use config/quick.yaml) to train on the CPU anyway.")
     if requested.startswith("cuda:"):
-        return torch.device(requested)
+        index, count = torch.device(requested).index, torch.cuda.device_count()
+        if index >= count:
+            raise DeviceError(f"train.device: {requested} asks for GPU {index}, but {count} GPU(s) are visible "
+                              f"(cuda:0 to cuda:{count - 1}); pick one of those, or auto")
+        return torch.device("cuda", index)  # the engine runs everything on it, whatever the current device
     count = torch.cuda.device_count()
     index = 0 if count == 1 else claim_gpu(count, wait_seconds=600, log=log)
     torch.cuda.set_device(index)

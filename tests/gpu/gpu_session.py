@@ -1,0 +1,233 @@
+"""One GPU session, in parts, within a deadline: what a short device lease can prove.
+
+Run through ``tests/gpu/gpu_session.sh`` (which sets the paths). Parts, in this order:
+
+1. the default training path: the train rule's own call (``stages.train`` with the default
+   config's settings) for 1 epoch of each model on the real images, with a training set whose size
+   is not a multiple of the batch size (the last, smaller batch after graph capture) and the
+   evaluation;
+2. the bench of every loop, with ``--profile``;
+3. graph against eager (``check_graph_vs_eager.py``), the fused SGD update inside the graph too;
+4. both models at lr 0.01 (``config/as-stated.yaml``) for 2 epochs;
+5. with the time left, the paper model at the default config, its history saved after every
+   epoch; it resumes from its checkpoint in the work folder in the next call.
+
+Results go to OUT (flat, at most 8 files): ``session.log``, ``session.json`` (the machine, the
+versions and each part's outcome, rewritten after every part), ``bench.csv``, ``bench.md``,
+``profile.csv``, ``graph_vs_eager.json`` and ``history_paper.json``. The data and the checkpoints
+live in the work folder, outside OUT. ``--tiny`` shrinks everything for a dry run on the CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import logging
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alexnet_cifar import bench, config, data, stages
+from alexnet_cifar.atomic import write_text
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).parent))
+import check_graph_vs_eager  # noqa: E402
+
+log = logging.getLogger("alexnet_cifar")
+PARTS = (1, 2, 3, 4, 5)
+#: seconds a part needs at least on an H100 (measured on the H200: README, "Speed"); a part that
+#: does not fit in the time left is skipped, not started
+NEEDS = {1: 90, 2: 120, 3: 180, 4: 150, 5: 60}
+MARGIN_S = 15  # kept free at the end: writing the last files
+
+
+class Session:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.out, self.work = args, Path(args.out), Path(args.work)
+        self.deadline = time.monotonic() + args.deadline
+        self.device = torch.device(args.device)
+        self.report: dict = {"machine": machine(self.device), "deadline_s": args.deadline,
+                             "parts": {}, "args": vars(args)}
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def save(self) -> None:
+        write_text(self.out / "session.json", json.dumps(self.report, indent=1, default=str) + "\n")
+
+    # -- data ---------------------------------------------------------------------------
+    def data(self) -> Path:
+        """The prepared npz in the work folder, built once from the real images (or --archive)."""
+        npz = self.work / "cifar10.npz"
+        if npz.exists():
+            return npz
+        archive = Path(self.args.archive) if self.args.archive else self.work / "cifar-10-python.tar.gz"
+        if not self.args.archive:
+            subprocess.run([sys.executable, self.args.tool, str(archive), "--npz", self.args.jpeg], check=True)
+        limits = {"limit_train": 10, "limit_test": 8} if self.args.tiny else {}
+        stages.prepare(archive, npz, **limits)
+        return npz
+
+    def subset(self, npz: Path, train: int) -> Path:
+        """The first ``train`` training images of ``npz``, in a file of its own."""
+        arrays = data.load_npz(npz)
+        path = self.work / f"cifar10-train{train}.npz"
+        with open(path, "wb") as handle:
+            np.savez(handle, **arrays._replace(train_images=arrays.train_images[:train],
+                                               train_labels=arrays.train_labels[:train])._asdict())
+        return path
+
+    # -- running a part -----------------------------------------------------------------
+    def run(self, part: int, body) -> None:
+        record = self.report["parts"].setdefault(str(part), {})
+        if self.left() < NEEDS[part] * (0.05 if self.args.tiny else 1):
+            record.update(status="skipped", why=f"{self.left():.0f} s left, the part needs about {NEEDS[part]} s")
+            log.info(f"part {part}: skipped ({record['why']})")
+            self.save()
+            return
+        log.info(f"part {part}: started, {self.left():.0f} s left")
+        started = time.monotonic()
+        try:
+            record.update(body(record) or {})
+            record.setdefault("status", "ok")
+        except Exception as exc:  # a failed part is a result too; the next parts still run
+            log.exception(f"part {part} failed")
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            record["seconds"] = round(time.monotonic() - started, 1)
+            self.save()
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        log.info(f"part {part}: {record['status']} in {record['seconds']} s")
+
+    def train(self, settings, npz: Path, out_dir: Path, on_epoch=None) -> dict:
+        """``stages.train`` as the train rule calls it, stopped by SIGTERM (as SLURM stops a job)
+        when the deadline comes; a stopped run keeps its checkpoint for the next call."""
+        timer = threading.Timer(max(1.0, self.left() - MARGIN_S), os.kill, (os.getpid(), signal.SIGTERM))
+        timer.start()
+        try:
+            history = stages.train(settings, npz, out_dir, on_epoch=on_epoch)
+            return {"status": "ok", "history": history}
+        except SystemExit as exc:
+            if exc.code != 128 + signal.SIGTERM:
+                raise
+            return {"status": "cut at the deadline; the checkpoint is kept"}
+        finally:
+            timer.cancel()
+
+    def settings(self, run: str, *overlays: str, **changes):
+        cfg = config.load_config(REPO / "config/config.yaml", *(REPO / "config" / o for o in overlays))
+        train = {**cfg.get("train", {}), "device": self.args.device, **changes}
+        if self.args.tiny:
+            train["eval_batch_size"] = 8
+        return config.resolve_run({**cfg, "train": train}, run)
+
+    # -- the parts ----------------------------------------------------------------------
+    def part1(self, record: dict) -> dict:
+        npz = self.data()
+        n = len(data.load_npz(npz).train_labels)
+        size = n - 1 if (n - 1) % 4 else n - 2  # not a multiple of the batch size, 4
+        subset, runs = self.subset(npz, size), {}
+        record.update(train_images=size, runs=runs)
+        for run in self.models():
+            runs[run] = self.train(self.settings(run, epochs=1), subset, self.work / "part1" / run)
+            self.save()
+        return {"status": "ok" if all(r["status"] == "ok" for r in runs.values()) else "not all ok"}
+
+    def part2(self, record: dict) -> None:
+        steps, warmup, profile = (1, 0, 1) if self.args.tiny else (400, 50, 50)
+        bench.run_bench(self.data(), self.models(), steps, self.args.device, self.out, warmup=warmup,
+                        loops=["plain", *bench.ENGINE_LOOPS], profile_steps=profile, log=log.info)
+        record["bench_md"] = (self.out / "bench.md").read_text()
+
+    def part3(self, record: dict) -> dict:
+        limit = ["--limit-train", "10", "--limit-test", "8", "--epochs", "1"] if self.args.tiny else \
+            ["--limit-train", "10000", "--epochs", "2"]
+        code = check_graph_vs_eager.main(["--data", str(self.data()), "--models", ",".join(self.models()),
+                                          "--device", self.args.device, "--out", str(self.out / "graph_vs_eager.json"),
+                                          *limit])
+        return {"status": "ok" if code == 0 else "failed", "passed": code == 0}
+
+    def part4(self, record: dict) -> None:
+        results = {}
+        for run in self.models():
+            settings = self.settings(run, "as-stated.yaml", epochs=2)
+            results[run] = self.train(settings, self.data(), self.work / "part4" / run)
+            results[run]["lr"] = settings.lr
+            record["runs"] = results
+            self.save()
+
+    def part5(self, record: dict) -> dict:
+        def saved(history: list[dict]) -> None:
+            write_text(self.out / "history_paper.json", json.dumps(history, indent=1) + "\n")
+            record["epochs_done"] = len(history)
+            self.save()
+
+        outcome = self.train(self.settings("paper"), self.data(), self.work / "part5" / "paper", on_epoch=saved)
+        outcome.pop("history", None)  # in history_paper.json
+        return outcome
+
+    def models(self) -> list[str]:
+        return self.args.models.split(",")
+
+
+def machine(device: torch.device) -> dict:
+    cuda = device.type == "cuda"
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return {"device": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+            "git_commit": commit or None, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deadline", type=float, required=True, help="seconds this call may take in all")
+    parser.add_argument("--parts", default="1,2,3,4,5", help="comma-separated, from 1-5 (run in order)")
+    parser.add_argument("--out", required=True, help="results (at most 8 files)")
+    parser.add_argument("--work", default=str(REPO / ".gpuwork"), help="data and checkpoints (kept between calls)")
+    parser.add_argument("--jpeg", help="the shared cifar10-jpeg.npz (real images as JPEG)")
+    parser.add_argument("--tool", help="make_cifar10_archive.py, which turns --jpeg into the official archive")
+    parser.add_argument("--archive", help="an archive in the official layout instead of --jpeg and --tool")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--models", default="paper,torchvision", help="for parts 1-4")
+    parser.add_argument("--tiny", action="store_true", help="a dry run: 10 training images, single steps")
+    args = parser.parse_args(argv)
+    args.parts = sorted({int(p) for p in args.parts.split(",")})
+    if set(args.parts) - set(PARTS):
+        parser.error(f"--parts: choose from {PARTS}")
+    if not args.archive and not (args.jpeg and args.tool):
+        parser.error("give --archive, or --jpeg and --tool")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    session = Session(args)
+    session.out.mkdir(parents=True, exist_ok=True)
+    session.work.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(stages.logging_to(session.out / "session.log"))
+        # a SIGTERM that arrives between trainings must not end the session
+        previous = signal.signal(signal.SIGTERM, lambda *_: log.info("SIGTERM outside a training: ignored"))
+        stack.callback(signal.signal, signal.SIGTERM, previous)
+        log.info(f"session on {session.report['machine']}: parts {args.parts}, deadline {args.deadline:.0f} s")
+        session.save()
+        for part in args.parts:
+            session.run(part, getattr(session, f"part{part}"))
+    failed = [p for p, r in session.report["parts"].items() if r.get("status") == "failed"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
