@@ -7,17 +7,31 @@ from snakemake.utils import min_version, validate
 
 min_version("8.0")
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
-from alexnet_cifar.config import check_config  # noqa: E402  (torch-free)
+# Both torch-free: building the job graph (a dry run, a cluster's login node) never imports torch.
+from alexnet_cifar.config import config_problems  # noqa: E402
+from alexnet_cifar.metrics import CurveError, read_reference  # noqa: E402
 
 
 configfile: "config/config.yaml"
 
 
-# Our check words each problem for people; Snakemake's validate then fills in the defaults.
-check_config(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+# Our check words each problem for people, naming the key, and covers what the schema cannot
+# express (sweep keys, seeds, run names); it stops here with one line per problem, no traceback.
+problems = config_problems(config)
+if problems:
+    sys.exit("invalid configuration (see config/README.md):\n  " + "\n  ".join(problems))
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+validate(config, "workflow/schemas/config.schema.yaml")  # fills in the defaults
+
+
+try:  # read by the last rules: checked before any job, not after the trainings
+    read_reference(config["reference_curve"])
+except CurveError as error:
+    sys.exit(str(error))
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

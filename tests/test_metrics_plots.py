@@ -33,9 +33,12 @@ def test_empty_history_is_an_error():
 
 def test_summary_leaves_diverged_at_epoch_empty_when_the_run_did_not_diverge(tmp_path):
     facts = {"a": metrics.run_facts(history([50.0, 60.0])), "b": metrics.run_facts(history([40.0], 1))}
-    metrics.write_csv(metrics.summary_frame(facts, {"a": "paper", "b": "torchvision"}), tmp_path / "s.csv")
+    runs = {"a": {"setting": "a", "seed": 0, "model": "paper", "swept": {}},
+            "b": {"setting": "b", "seed": 3, "model": "torchvision", "swept": {}}}
+    metrics.write_csv(metrics.summary_frame(facts, runs), tmp_path / "s.csv")
     lines = (tmp_path / "s.csv").read_text().splitlines()
     assert lines[0] == ",".join(metrics.SUMMARY_COLUMNS)
+    assert lines[1].startswith("a,a,0,paper,") and lines[2].startswith("b,b,3,torchvision,")
     assert lines[1].endswith(",2,4.0,") and lines[2].endswith(",1,2.0,1")
 
 

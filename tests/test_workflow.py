@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import zipfile
 
 import pandas as pd
@@ -46,6 +47,12 @@ def test_every_output_is_complete(finished):
         log = (out / f"logs/train/{run}.log").read_text()
         assert "epoch 1/2 train_loss" in log
         assert (out / f"benchmarks/train/{run}.tsv").exists()
+    # a config without seeds or sweep: settings of one run each, no sweep figure
+    settings = pd.read_csv(out / "metrics/settings.csv")
+    assert sorted(settings["setting"]) == sorted(RUNS) and (settings["n_seeds"] == 1).all()
+    assert set(pd.read_csv(out / "metrics/replicates.csv")["setting"]) == {"paper", "torchvision"}  # blowup: none
+    assert (out / "figures/replicates.png").read_bytes()[:8] == PNG_MAGIC
+    assert not (out / "figures/sweep.png").exists()
     for run in ("paper", "torchvision"):
         assert len(pd.read_csv(out / f"metrics/{run}.csv")) == 2
         assert "% test_loss" in (out / f"logs/train/{run}.log").read_text().split("epoch 1/2")[1]
@@ -57,8 +64,9 @@ def test_every_output_is_complete(finished):
 def test_summary_peak_is_the_csv_maximum(finished):
     _, out, _ = finished
     summary = pd.read_csv(out / "metrics/summary.csv").set_index("run")
-    assert list(summary.columns) == ["model", "peak_test_acc", "peak_epoch", "final_test_acc", "epochs",
-                                     "train_seconds", "diverged_at_epoch"]
+    assert list(summary.columns) == ["setting", "seed", "model", "peak_test_acc", "peak_epoch", "final_test_acc",
+                                     "epochs", "train_seconds", "diverged_at_epoch"]
+    assert list(summary["setting"]) == list(summary.index) and (summary["seed"] == 0).all()
     assert sorted(summary.index) == sorted(RUNS)
     for run in ("paper", "torchvision"):
         csv = pd.read_csv(out / f"metrics/{run}.csv")
@@ -110,11 +118,13 @@ def test_report_holds_every_figure_and_the_summary_with_captions(finished):
     with zipfile.ZipFile(workdir / "report.zip") as archive:
         names = archive.namelist()
         html = archive.read("report/report.html").decode()
-    for name in ("paper.svg", "torchvision.svg", "blowup.svg", "comparison.svg", "summary.csv"):
+    for name in ("paper.svg", "torchvision.svg", "blowup.svg", "comparison.svg", "replicates.svg", "summary.csv",
+                 "settings.csv"):
         assert any(n.endswith("/" + name) for n in names), name
     assert "Test accuracy of run <strong>blowup</strong>" in html
     assert "lr 1000.0, momentum 0.9" in html  # the run's hyperparameters in its caption
     assert "reported curve dashed" in html and "One row per run" in html
+    assert "rebuilt from declared inputs" in html  # the landing page, not a bare rule graph
 
 
 @pytest.mark.slow
@@ -136,8 +146,8 @@ def test_a_changed_hyperparameter_retrains_only_that_run(finished):
     plan = snakemake(workdir, "-n", configfile="changed.yaml")
     jobs = planned_jobs(plan.stdout)
     assert jobs["train"] == 1 and "download" not in jobs and "prepare" not in jobs
-    assert "results/runs/torchvision/history.jsonl" in plan.stdout
-    assert "results/runs/paper/history.jsonl" not in plan.stdout
+    assert "output: results/runs/torchvision/history.jsonl" in plan.stdout
+    assert "output: results/runs/paper/history.jsonl" not in plan.stdout
 
 
 @pytest.mark.slow
@@ -148,11 +158,20 @@ def test_a_mirror_url_or_another_device_retrains_nothing(finished):
     config["train"]["eval_batch_size"] = 3
     config["train"]["device"] = "auto"
     config["train"]["cuda_graph"] = False
-    config["train"]["fused_sgd"] = False
-    config["train"]["overlap_update"] = True
+    config["train"]["fused_sgd"] = True
     (workdir / "mirror.yaml").write_text(yaml.safe_dump(config))
     plan = snakemake(workdir, "-n", configfile="mirror.yaml")
     assert planned_jobs(plan.stdout) == {}
+
+
+@pytest.mark.slow
+def test_a_deleted_model_is_rebuilt_by_a_plain_run_with_what_depends_on_it(finished):
+    """The last test of ``finished`` (it leaves the model deleted)."""
+    workdir, out, _ = finished
+    (out / "runs/torchvision/model.pt").unlink()
+    jobs = planned_jobs(snakemake(workdir, "-n").stdout)
+    assert jobs["train"] == 1 and jobs["metrics"] == 1 and jobs["run_figure"] == 1 and jobs["summary"] == 1
+    assert "prepare" not in jobs
 
 
 @pytest.mark.slow
@@ -176,7 +195,7 @@ def test_lint_is_clean():
 
 @pytest.mark.parametrize("change, expected", [
     ({"train": {"lrr": 0.1}}, "train: unknown key(s) lrr; allowed keys: epochs, batch_size, lr"),
-    ({"runs": {"x": {"model": "alexnet"}}}, "runs.x.model: 'alexnet' is not allowed; allowed values: paper, torchvision"),
+    ({"runs": {"x": {"model": "alexnet"}}}, "runs.x.model: 'alexnet' is not allowed; allowed values: paper, paper-lrn, torchvision"),
     ({"train": {"lr": -0.01}}, "train.lr: -0.01 is less than or equal to the minimum of 0"),
     ({"train": {"epochs": 0}}, "train.epochs: 0 is less than the minimum of 1"),
     ({"dataset": {"md5": "xyz"}}, "dataset.md5: 'xyz' does not match"),
@@ -187,4 +206,65 @@ def test_bad_config_stops_before_any_job_with_the_key_named(tmp_path, change, ex
     result = snakemake(workdir, "-n", check=False)
     assert result.returncode != 0
     assert expected in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr  # one line per problem, no Python frames
     assert not (workdir / "results").exists()
+
+
+# -- seeds and a sweep ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory, tiny_archive):
+    """Two seeds of torchvision crossed with lr 0.001 and 1000 (which diverges), plus a run with a
+    seed of its own (a setting of one seed): 6 trainings of one epoch on 8 images."""
+    path, md5 = tiny_archive
+    config = tiny_config(str(path), md5, sweep={"lr": [0.001, 1000.0]},
+                         runs={"tv": {"model": "torchvision", "seeds": 2}, "one": {"model": "torchvision", "seed": 5}})
+    config["dataset"]["limit_train"] = 8
+    config["train"]["epochs"] = 1
+    workdir = make_workdir(tmp_path_factory.mktemp("replicated"), config, base={})
+    snakemake(workdir, "--cores", "2")
+    return workdir / "results"
+
+
+REPLICATED_RUNS = ["tv-lr0.001-seed0", "tv-lr0.001-seed1", "tv-lr1000-seed0", "tv-lr1000-seed1",
+                   "one-lr0.001", "one-lr1000"]
+
+
+@pytest.mark.slow
+def test_seeds_crossed_with_a_sweep_run_end_to_end(replicated):
+    summary = pd.read_csv(replicated / "metrics/summary.csv")
+    assert list(summary["run"]) == REPLICATED_RUNS
+    assert list(summary["setting"]) == ["tv-lr0.001"] * 2 + ["tv-lr1000"] * 2 + ["one-lr0.001", "one-lr1000"]
+    assert list(summary["seed"]) == [0, 1, 0, 1, 5, 5]
+    for name in ("replicates.png", "replicates.svg", "sweep.png", "sweep.svg"):
+        assert (replicated / "figures" / name).stat().st_size > 1000, name
+    text = (replicated / "metrics/summary.md").read_text()
+    assert "### tv-lr0.001 (model torchvision, lr 0.001; 2 seeds)" in text
+    assert "### one-lr0.001 (model torchvision, lr 0.001; 1 seed)" in text and "one seed: no spread" in text
+
+
+@pytest.mark.slow
+def test_the_aggregates_equal_a_direct_computation_from_the_per_run_csvs(replicated):
+    curves = {run: pd.read_csv(replicated / f"metrics/{run}.csv") for run in REPLICATED_RUNS}
+    seeds = [curves[f"tv-lr0.001-seed{s}"]["test_acc"].iloc[0] for s in (0, 1)]
+    (row,) = pd.read_csv(replicated / "metrics/replicates.csv").query("setting == 'tv-lr0.001'").to_dict("records")
+    assert (row["epoch"], row["n"]) == (1, 2)
+    assert row["mean"] == pytest.approx(statistics.mean(seeds)) and row["sd"] == pytest.approx(statistics.stdev(seeds))
+    assert (row["min"], row["max"]) == (min(seeds), max(seeds))
+    settings = pd.read_csv(replicated / "metrics/settings.csv").set_index("setting")
+    assert list(settings.columns[:2]) == ["model", "lr"]
+    assert settings.loc["tv-lr0.001", "peak_mean"] == pytest.approx(statistics.mean(seeds))
+    assert settings.loc["tv-lr0.001", "final_sd"] == pytest.approx(statistics.stdev(seeds))
+    assert pd.isna(settings.loc["one-lr0.001", "peak_sd"])  # one seed: no sd
+
+
+@pytest.mark.slow
+def test_a_setting_whose_seeds_diverged_counts_them_and_leaves_their_epochs_out(replicated):
+    settings = pd.read_csv(replicated / "metrics/settings.csv").set_index("setting")
+    assert settings.loc["tv-lr1000", "n_seeds"] == 2 and settings.loc["tv-lr1000", "n_diverged"] == 2
+    assert pd.isna(settings.loc["tv-lr1000", "final_mean"])  # diverged runs are left out of final_*
+    assert pd.isna(settings.loc["tv-lr1000", "peak_mean"])  # diverged in epoch 1: no epoch before it
+    replicates = pd.read_csv(replicated / "metrics/replicates.csv")
+    assert "tv-lr1000" not in set(replicates["setting"])  # only epochs before the divergence count
+    assert "Diverged: tv-lr1000-seed0 in epoch 1, tv-lr1000-seed1 in epoch 1" in (
+        replicated / "metrics/summary.md").read_text()

@@ -1,12 +1,18 @@
-"""``python -m alexnet_cifar``: every stage of the workflow without Snakemake."""
+"""``python -m alexnet_cifar``: every stage of the workflow without Snakemake.
+
+The ``train`` options are made from the config schema's train settings (name, type, default,
+description), so a setting added there is an option here too. The commands over runs (``summary``,
+``compare``, ``replicates``, ``sweep``) read the run names, seeds and swept values from the same
+config files the workflow reads, and each run's metrics from a folder.
+"""
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
 
-from . import bench, stages
-from .data import DataError
-from .config import RunSettings
+from . import bench, config, stages
+
+_TYPES = {"integer": int, "number": float, "string": str}
 
 
 def _positive_int(text: str) -> int:
@@ -16,8 +22,54 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _option(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def add_settings_options(parser: argparse.ArgumentParser) -> None:
+    """One option per train setting of the schema. A boolean is a switch away from its default:
+    ``--deterministic`` (default off), ``--no-cuda-graph`` (default on)."""
+    parser.add_argument("--model", required=True, choices=config.model_names())
+    for key, spec in config.train_schema().items():
+        default, text = spec["default"], spec["description"]
+        if spec["type"] == "boolean":
+            flag = f"--no-{key.replace('_', '-')}" if default else _option(key)
+            parser.add_argument(flag, dest=key, action="store_false" if default else "store_true",
+                                help=f"off: {text}" if default else text)
+        else:
+            parser.add_argument(_option(key), dest=key, type=_TYPES[spec["type"]], default=default,
+                                help=f"{text} (default: {default})")
+
+
+def settings_from(args: argparse.Namespace) -> config.RunSettings:
+    values = {key: getattr(args, key) for key in ("model", *config.train_schema())}
+    problems = config.settings_problems(values)
+    if problems:
+        raise config.SettingsError("invalid settings: " + "; ".join(
+            f"{_option(p.split(':', 1)[0])}:{p.split(':', 1)[1]}" for p in problems))
+    return config.RunSettings.from_mapping(values)
+
+
+def add_runs_options(parser: argparse.ArgumentParser, out_help: str) -> None:
+    parser.add_argument("--config", action="append", required=True, metavar="YAML",
+                        help="config file(s), merged in order as the workflow does (config/config.yaml first)")
+    parser.add_argument("--metrics", required=True, help="folder with each run's RUN.csv and RUN.facts.json")
+    parser.add_argument("--out", required=True, help=out_help)
+
+
+def runs_from(args: argparse.Namespace) -> tuple[dict, dict, dict, list[str], str]:
+    """(run table, facts paths, CSV paths, swept keys, reference curve) of the configs' runs."""
+    cfg = config.with_defaults(config.load_config(*args.config))
+    config.check_config(cfg)
+    runs = {name: run.table_row() for name, run in config.expand_runs(cfg).items()}
+    metrics_dir = Path(args.metrics)
+    facts = {run: metrics_dir / f"{run}.facts.json" for run in runs}
+    csvs = {run: metrics_dir / f"{run}.csv" for run in runs}
+    return runs, facts, csvs, list(cfg["sweep"]), cfg["reference_curve"]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m alexnet_cifar", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m alexnet_cifar", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("download", help="fetch the CIFAR-10 archive and check its MD5")
@@ -28,26 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="archive -> npz of uint8 images and labels")
     p.add_argument("archive")
     p.add_argument("out")
+    p.add_argument("--md5", help="refuse the archive unless it has this MD5 (checked before it is read)")
     p.add_argument("--limit-train", type=_positive_int)
     p.add_argument("--limit-test", type=_positive_int)
 
     p = sub.add_parser("train", help="train one run: DIR/history.jsonl, DIR/model.pt, DIR/run.json")
     p.add_argument("--data", required=True, help="npz written by 'prepare'")
-    p.add_argument("--model", required=True)
     p.add_argument("--out", required=True, help="output folder")
-    defaults = RunSettings(model="paper")
-    for name, kind in (("epochs", int), ("batch-size", int), ("lr", float), ("momentum", float),
-                       ("weight-decay", float), ("seed", int), ("num-classes", int), ("eval-batch-size", int)):
-        p.add_argument(f"--{name}", type=kind, default=getattr(defaults, name.replace("-", "_")))
-    p.add_argument("--device", default="auto", help="auto (a CUDA GPU, else an error), cuda, cuda:N or cpu")
-    p.add_argument("--deterministic", action="store_true", help="repeatable results (slower)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (not the reported protocol)")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false")
-    p.add_argument("--no-fused-sgd", dest="fused_sgd", action="store_false",
-                   help="the multi-tensor (foreach) SGD update instead of the fused kernel")
-    p.add_argument("--overlap-update", action="store_true",
-                   help="on CUDA, update the classifier on a second stream during the features' backward")
+    add_settings_options(p)
     p.add_argument("--threads", type=_positive_int, help="CPU threads for PyTorch")
     p.add_argument("--log", help="also write the log to this file")
 
@@ -62,34 +102,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("png")
     p.add_argument("--title", default="Test accuracy on CIFAR-10")
 
+    p = sub.add_parser("summary", help="every run's metrics -> summary.csv, summary.md, replicates.csv, settings.csv")
+    add_runs_options(p, "folder for the four tables")
+    p = sub.add_parser("compare", help="every run against the reported curve (PNG and SVG)")
+    add_runs_options(p, "the figure's PNG path (the SVG goes beside it)")
+    p = sub.add_parser("replicates", help="each setting's seeds: mean and min-max band (PNG and SVG)")
+    add_runs_options(p, "the figure's PNG path (the SVG goes beside it)")
+    p = sub.add_parser("sweep", help="peak accuracy against the swept values (PNG and SVG)")
+    add_runs_options(p, "the figure's PNG path (the SVG goes beside it)")
+
     bench.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user's error exits with status 1 and one line, as a workflow job does."""
     args = build_parser().parse_args(argv)
-    try:
-        with stages.logging_to(getattr(args, "log", None)):
-            if args.command == "download":
-                stages.download(args.url, args.out, args.md5)
-            elif args.command == "prepare":
-                stages.prepare(args.archive, args.out, limit_train=args.limit_train, limit_test=args.limit_test)
-            elif args.command == "train":
-                settings = RunSettings(
-                    model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
-                    num_classes=args.num_classes, deterministic=args.deterministic, bf16=args.bf16,
-                    channels_last=args.channels_last, device=args.device, cuda_graph=args.cuda_graph,
-                    fused_sgd=args.fused_sgd, overlap_update=args.overlap_update,
-                    eval_batch_size=args.eval_batch_size)
-                stages.train(settings, args.data, args.out, threads=args.threads)
-            elif args.command == "metrics":
-                stages.run_metrics(args.history, args.csv, args.facts)
-            elif args.command == "plot":
-                stages.run_figure(args.csv, args.facts, args.png, title=args.title)
-            elif args.command == "bench":
-                bench.main(args)
-    except (DataError, ValueError, RuntimeError, OSError) as exc:  # bad input, no device, bad settings
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    with stages.job(getattr(args, "log", None)):
+        if args.command == "download":
+            stages.download(args.url, args.out, args.md5)
+        elif args.command == "prepare":
+            stages.prepare(args.archive, args.out, md5=args.md5, limit_train=args.limit_train,
+                           limit_test=args.limit_test)
+        elif args.command == "train":
+            stages.train(settings_from(args), args.data, args.out, threads=args.threads)
+        elif args.command == "metrics":
+            stages.run_metrics(args.history, args.csv, args.facts)
+        elif args.command == "plot":
+            stages.run_figure(args.csv, args.facts, args.png, title=args.title)
+        elif args.command in ("summary", "compare", "replicates", "sweep"):
+            runs, facts, csvs, swept, reference = runs_from(args)
+            out = Path(args.out)
+            if args.command == "summary":
+                stages.summary(runs, facts, csvs, reference, swept, out / "summary.csv", out / "summary.md",
+                               out / "replicates.csv", out / "settings.csv")
+            elif args.command == "compare":
+                stages.comparison_figure(csvs, reference, out)
+            elif args.command == "replicates":
+                stages.replicates_figure(runs, csvs, facts, reference, out)
+            elif not swept:
+                raise config.SettingsError("sweep: the configs set no sweep, so there is no sweep figure")
+            else:
+                stages.sweep_figure(runs, facts, swept, out)
+        elif args.command == "bench":
+            bench.main(args)
     return 0

@@ -1,74 +1,100 @@
-"""A run's settings: what defines its result, what only says how it is executed.
+"""The workflow's config and a run's settings, derived from one contract: the JSON schema.
 
-The workflow's config (``train:`` defaults merged with one entry of ``runs:``) and the command line
-both end up in one :class:`RunSettings`. Only the result-defining part goes into the Snakemake
-rule's ``params`` and into the checkpoint fingerprint, so moving a run to another device or turning
-CUDA graphs off never retrains anything.
+``workflow/schemas/config.schema.yaml`` holds every key's type, allowed range, default and
+description, and marks which train settings define a run's result (``defines_result``). This
+module reads it (and nothing heavier than YAML: building the workflow's job graph must not import
+torch) to
+
+- fill a run's settings (:class:`RunSettings`) with the schema's defaults;
+- expand the config's ``runs``, ``seeds`` and ``sweep`` into one run per training (:func:`expand_runs`);
+- word every problem of a config for people, naming the key (:func:`config_problems`).
+
+Only the result-defining settings go into the training rule's ``params`` and into the checkpoint
+fingerprint, so moving a run to another device or turning CUDA graphs off retrains nothing.
 """
 from __future__ import annotations
 
-import dataclasses
+import functools
 import hashlib
+import itertools
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Mapping
 
-#: Settings that change the numbers a run produces.
-RESULT_KEYS = (
-    "model", "epochs", "batch_size", "lr", "momentum", "weight_decay", "seed", "num_classes",
-    "deterministic", "bf16", "channels_last",
-)
-#: Settings that only change how (where, how fast) the same run is computed.
-EXECUTION_KEYS = ("device", "cuda_graph", "fused_sgd", "overlap_update", "eval_batch_size")
+from .errors import UserError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class SettingsError(UserError, ValueError):
+    """A run's settings or the workflow's config break a rule; the message names the key."""
+
+
+@functools.cache
+def schema() -> dict[str, Any]:
+    import yaml
+
+    with open(SCHEMA_PATH) as handle:
+        return yaml.safe_load(handle)
+
+
+@functools.cache
+def train_schema() -> dict[str, dict]:
+    """Each train setting's schema (type, range, default, description), by name, in schema order.
+    The defaults sit under ``train`` only: Snakemake's ``validate`` fills a default wherever the
+    schema gives one, and in a run entry it would override what ``train`` says."""
+    defaults = schema()["properties"]["train"]["allOf"][1]["properties"]
+    return {key: {**spec, **defaults.get(key, {})}
+            for key, spec in schema()["definitions"]["train_settings"]["properties"].items()}
+
+
+def model_names() -> list[str]:
+    return schema()["definitions"]["run"]["allOf"][1]["properties"]["model"]["enum"]
+
+
+def result_keys() -> list[str]:
+    """Settings that change the numbers a run produces (the rest say where and how fast)."""
+    return ["model", *(k for k, spec in train_schema().items() if spec["defines_result"])]
 
 
 @dataclass(frozen=True)
 class RunSettings:
+    """One training's settings. Defaults, ranges and meanings: the schema's train settings
+    (:func:`from_mapping` fills the defaults; :func:`settings_problems` checks the ranges)."""
+
     model: str
-    epochs: int = 50
-    batch_size: int = 4
-    lr: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    seed: int = 0
-    num_classes: int = 10
-    deterministic: bool = False
-    bf16: bool = False
-    channels_last: bool = False
-    device: str = "auto"
-    cuda_graph: bool = True
-    fused_sgd: bool = True
-    overlap_update: bool = False
-    eval_batch_size: int = 500
-
-    def __post_init__(self) -> None:
-        from .models import MODELS  # imported here so the workflow can read configs without torch
-
-        if self.model not in MODELS:
-            raise ValueError(f"model: unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
-        for key in ("epochs", "batch_size", "num_classes", "eval_batch_size"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key}: must be a positive integer, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: must be a positive number, got {self.lr!r}")
-        for key in ("momentum", "weight_decay"):
-            if not getattr(self, key) >= 0:
-                raise ValueError(f"{key}: must be zero or positive, got {getattr(self, key)!r}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ValueError(f"device: must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    seed: int
+    num_classes: int
+    deterministic: bool
+    bf16: bool
+    channels_last: bool
+    device: str
+    cuda_graph: bool
+    fused_sgd: bool
+    eval_batch_size: int
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "RunSettings":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunSettings:
+        """The settings in ``values``, the schema's defaults for the rest."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+            raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        if "model" not in values:
+            raise SettingsError(f"model: missing; choose one of: {', '.join(model_names())}")
+        defaults = {key: spec["default"] for key, spec in train_schema().items() if "default" in spec}
+        return cls(**{**defaults, **values})
 
     def result_params(self) -> dict[str, Any]:
         """The settings that define the result: the training rule's params."""
-        return {key: getattr(self, key) for key in RESULT_KEYS}
+        return {key: getattr(self, key) for key in result_keys()}
 
     def fingerprint(self, data_md5: str) -> str:
         """Identifies the result this run will produce: its result settings plus its data."""
@@ -76,41 +102,170 @@ class RunSettings:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def settings_problems(values: Mapping[str, Any]) -> list[str]:
+    """Every way one run's settings break the schema, each naming the key (for the command line)."""
+    run_schema = {**schema()["definitions"]["run"], "definitions": schema()["definitions"]}
+    return _schema_problems(dict(values), run_schema)
+
+
+# -- the workflow's config --------------------------------------------------------------------
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base`` key by key, as Snakemake merges ``--configfile`` files."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(*paths: str | os.PathLike) -> dict[str, Any]:
+    """The YAML files merged in order (``config/config.yaml`` first), as the workflow sees them."""
+    import yaml
+
+    config: dict[str, Any] = {}
+    for path in paths:
+        with open(path) as handle:
+            config = merge(config, yaml.safe_load(handle) or {})
+    return config
+
+
+def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with the schema's top-level defaults for the keys it leaves out (the train
+    settings' defaults come with :class:`RunSettings`); what Snakemake's ``validate`` also does."""
+    defaults = {key: spec["default"] for key, spec in schema()["properties"].items() if "default" in spec}
+    return {**defaults, **config}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training of the expanded config. Its *setting* is the set of runs that differ only in
+    their seed, named as the run without ``-seed{N}``; a run without ``seeds`` is its own setting."""
+
+    name: str
+    setting: str
+    swept: dict[str, Any]  # the sweep's values for this run, in the sweep's order
+    values: dict[str, Any]  # its settings as the config gives them (train, run entry, sweep, seed)
+
+    @property
+    def settings(self) -> RunSettings:
+        return RunSettings.from_mapping(self.values)
+
+    def table_row(self) -> dict[str, Any]:
+        """What the summary and the replicate statistics need to know of the run."""
+        settings = self.settings
+        return {"setting": self.setting, "seed": settings.seed, "model": settings.model, "swept": self.swept}
+
+
+def _seed_list(seeds: int | list[int]) -> list[int]:
+    return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+
+
+def _label(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else format(value, "g")
+
+
+def expand_runs(config: Mapping[str, Any]) -> dict[str, Run]:
+    """Every run entry crossed with every combination of the ``sweep`` values and with its seeds:
+    ``{name}[-{key}{value:g}]...[-seed{N}]``. Assumes a checked config (:func:`config_problems`)."""
+    train = dict(config.get("train") or {})
+    default_seeds = train.pop("seeds", None)
+    sweep = dict(config.get("sweep") or {})
+    runs: dict[str, Run] = {}
+    for entry_name, entry in (config.get("runs") or {}).items():
+        entry = dict(entry)
+        # a run's own seed opts it out of the train: default seeds; seeds: in the entry opts in
+        seeds = entry.pop("seeds", None if "seed" in entry else default_seeds)
+        for combo in itertools.product(*sweep.values()):
+            swept = dict(zip(sweep, combo))
+            setting = entry_name + "".join(f"-{key}{_label(value)}" for key, value in swept.items())
+            values = {**train, **entry, **swept}
+            if seeds is None:
+                runs[setting] = Run(setting, setting, swept, values)
+                continue
+            for seed in _seed_list(seeds):
+                name = f"{setting}-seed{seed}"
+                runs[name] = Run(name, setting, swept, {**values, "seed": seed})
+    return runs
+
+
 def resolve_run(config: Mapping[str, Any], run: str) -> RunSettings:
-    """Merge the workflow config's ``train:`` defaults with the overrides of ``runs[run]``."""
-    runs = config.get("runs") or {}
+    """The settings of one run of the expanded config."""
+    runs = expand_runs(config)
     if run not in runs:
-        raise ValueError(f"unknown run {run!r}; the config defines: {', '.join(runs) or 'none'}")
-    return RunSettings.from_mapping({**(config.get("train") or {}), **runs[run]})
+        raise SettingsError(f"unknown run {run!r}; the config defines: {', '.join(runs) or 'none'}")
+    return runs[run].settings
 
 
-def _allowed_keys(schema: Mapping[str, Any], root: Mapping[str, Any]) -> list[str]:
+def config_problems(config: Mapping[str, Any]) -> list[str]:
+    """Every way ``config`` breaks the schema or the rules it cannot express, each naming the key."""
+    problems = _schema_problems(config, schema())
+    if problems:
+        return problems
+    problems += _sweep_problems(config.get("sweep") or {})
+    for where, entry in [("train", config.get("train") or {}),
+                         *((f"runs.{name}", entry) for name, entry in config["runs"].items())]:
+        if "seed" in entry and "seeds" in entry:
+            problems.append(f"{where}: has both seed and seeds; give seeds (a list, or a count N for "
+                            f"0..N-1) to replicate, or one seed")
+    if problems:
+        return problems
+    names: dict[str, str] = {}
+    for entry_name in config["runs"]:
+        for run in expand_runs({**config, "runs": {entry_name: config["runs"][entry_name]}}):
+            if run in names:
+                problems.append(f"runs.{entry_name}: expands to run {run!r}, as runs.{names[run]} does; "
+                                f"rename one of them")
+            names[run] = entry_name
+    return problems
+
+
+def _sweep_problems(sweep: Mapping[str, Any]) -> list[str]:
+    sweepable = [key for key in result_keys() if key not in ("model", "seed")]
+    problems = []
+    for key, values in sweep.items():
+        if key == "seed":
+            problems.append("sweep.seed: seeds are not swept; give seeds: (a list, or a count N for 0..N-1) "
+                            "under train: or in a run entry")
+        elif key not in train_schema() and key != "model":
+            problems.append(f"sweep.{key}: unknown setting; sweepable: {', '.join(sweepable)}")
+        elif key not in sweepable:
+            problems.append(f"sweep.{key}: does not define a result (it says where or how fast a run is "
+                            f"computed), so sweeping it would retrain the same run; sweepable: {', '.join(sweepable)}")
+        else:
+            spec = train_schema()[key]
+            for value in values:
+                problems += [f"sweep.{key}: {problem.split(': ', 1)[1]}"
+                             for problem in _schema_problems(value, spec)]
+    return problems
+
+
+def _allowed_keys(node: Mapping[str, Any], root: Mapping[str, Any]) -> list[str]:
     """Property names a (sub)schema admits, following ``allOf`` and local ``$ref``."""
-    if "$ref" in schema:
-        node: Any = root
-        for part in schema["$ref"].lstrip("#/").split("/"):
-            node = node[part]
-        schema = node
-    keys = list(schema.get("properties", {}))
-    for sub in schema.get("allOf", []):
+    if "$ref" in node:
+        target: Any = root
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        node = target
+    keys = list(node.get("properties", {}))
+    for sub in node.get("allOf", []):
         keys += [k for k in _allowed_keys(sub, root) if k not in keys]
     return keys
 
 
-def config_problems(config: Mapping[str, Any], schema: Mapping[str, Any]) -> list[str]:
-    """Every way ``config`` breaks ``schema``, each naming the key and what is allowed.
-
-    jsonschema finds the errors; this only words them for people (its own messages quote the whole
-    schema, which hides the one key that is wrong).
-    """
+def _schema_problems(instance: Any, node: Mapping[str, Any]) -> list[str]:
+    """jsonschema finds the errors; this words them for people (its own messages quote the whole
+    schema, which hides the one key that is wrong)."""
     import jsonschema
 
     problems = []
-    validator = jsonschema.Draft202012Validator(schema)
-    for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
+    validator = jsonschema.Draft202012Validator({**node, "definitions": schema()["definitions"]})
+    for error in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path))):
         where = ".".join(map(str, error.absolute_path)) or "(top level)"
         if error.validator in ("additionalProperties", "unevaluatedProperties"):
-            allowed = _allowed_keys(error.schema, schema)
+            allowed = _allowed_keys(error.schema, schema())
             unknown = sorted(set(error.instance) - set(allowed))
             if not unknown:  # a side effect of another error inside this object, reported itself
                 continue
@@ -123,12 +278,8 @@ def config_problems(config: Mapping[str, Any], schema: Mapping[str, Any]) -> lis
     return problems
 
 
-def check_config(config: Mapping[str, Any], schema_path: str) -> None:
-    """Raise a ValueError listing every problem of ``config`` (see :func:`config_problems`)."""
-    import yaml
-
-    with open(schema_path) as handle:
-        schema = yaml.safe_load(handle)
-    problems = config_problems(config, schema)
+def check_config(config: Mapping[str, Any]) -> None:
+    """Raise a SettingsError listing every problem of ``config`` (see :func:`config_problems`)."""
+    problems = config_problems(config)
     if problems:
-        raise ValueError("invalid configuration (see config/README.md):\n  " + "\n  ".join(problems))
+        raise SettingsError("invalid configuration (see config/README.md):\n  " + "\n  ".join(problems))

@@ -7,13 +7,15 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Mapping
 
 import pandas as pd
 
 from .atomic import atomic_path, write_text
+from .errors import UserError
 
 CSV_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
-SUMMARY_COLUMNS = ["run", "model", "peak_test_acc", "peak_epoch", "final_test_acc", "epochs",
+SUMMARY_COLUMNS = ["run", "setting", "seed", "model", "peak_test_acc", "peak_epoch", "final_test_acc", "epochs",
                    "train_seconds", "diverged_at_epoch"]
 CHECKPOINT_EPOCHS = (1, 5, 10, 25, 50)
 
@@ -37,12 +39,17 @@ def peak(frame: pd.DataFrame) -> tuple[float, int]:
 
 def run_facts(history: list[dict]) -> dict:
     """Peak (first epoch where the maximum test accuracy is reached), final accuracy, time,
-    and where training diverged (``None`` if it did not)."""
+    and where training diverged (``None`` if it did not).
+
+    The peak counts only the epochs completed before a divergence: the accuracy measured after a
+    non-finite update says nothing about what the run learned. A run that diverged in its first
+    epoch has no peak (``None``)."""
     if not history:
         raise ValueError("the history is empty: the training wrote no epoch")
     frame = history_frame(history)
-    peak_acc, peak_epoch = peak(frame)
     diverged = next((r for r in history if r.get("diverged_at_step") is not None), None)
+    completed = frame if diverged is None else frame[frame["epoch"] < diverged["epoch"]]
+    peak_acc, peak_epoch = peak(completed) if len(completed) else (None, None)
     return {
         "peak_test_acc": peak_acc,
         "peak_epoch": peak_epoch,
@@ -62,19 +69,56 @@ def read_json(path: str | os.PathLike) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def summary_frame(facts_by_run: dict[str, dict], models: dict[str, str]) -> pd.DataFrame:
-    rows = [{"run": run, "model": models[run], **facts} for run, facts in facts_by_run.items()]
+def summary_frame(facts_by_run: Mapping[str, dict], runs: Mapping[str, Mapping]) -> pd.DataFrame:
+    """One row per run (:data:`SUMMARY_COLUMNS`): who it is (its setting, seed and model, from the
+    run table ``runs``) and its facts."""
+    rows = [{"run": run, "setting": runs[run]["setting"], "seed": runs[run]["seed"], "model": runs[run]["model"],
+             **facts} for run, facts in facts_by_run.items()]
     frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    return frame.astype({"diverged_at_epoch": "Int64"})  # empty cell when the run did not diverge
+    # Int64: an empty cell when the run did not diverge (or has no peak), never a float like 1.0
+    return frame.astype({"seed": "Int64", "peak_epoch": "Int64", "diverged_at_epoch": "Int64"})
+
+
+class CurveError(UserError, ValueError):
+    """A reference curve that is not test accuracy in percent per epoch; the message names the file and the fix."""
 
 
 def read_reference(path: str | os.PathLike) -> pd.DataFrame:
-    """The reported curve: columns epoch, test_acc (percent)."""
-    frame = pd.read_csv(path)
+    """The reported curve: epoch (unique integers >= 1, returned in order) and test_acc (percent,
+    in [0, 100]); other columns are ignored. Raises :class:`CurveError` naming the line at fault."""
+    def fail(problem: str) -> CurveError:
+        return CurveError(f"reference curve {path}: {problem} (see reference_curve in the config)")
+
+    try:
+        # the cells as written, for messages; blank lines kept, so that line numbers are the file's
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except (OSError, ValueError) as e:  # missing, unreadable, empty, not CSV
+        raise fail(f"cannot be read as CSV ({e})") from e
     missing = {"epoch", "test_acc"} - set(frame.columns)
     if missing:
-        raise ValueError(f"{path}: the reference curve needs columns epoch,test_acc; missing {sorted(missing)}")
-    return frame
+        raise fail(f"it needs columns epoch,test_acc; missing {sorted(missing)} "
+                   f"(found {list(frame.columns)})")
+    if frame.empty:
+        raise fail("it has no rows; write one line epoch,test_acc per epoch")
+    epoch = pd.to_numeric(frame["epoch"], errors="coerce")
+    acc = pd.to_numeric(frame["test_acc"], errors="coerce")
+    line = frame.index.to_numpy() + 2  # the header is line 1
+    for column, values, bad, expected in (
+            ("epoch", frame["epoch"], ~((epoch >= 1) & (epoch % 1 == 0)), "an integer >= 1"),
+            ("test_acc", frame["test_acc"], ~acc.between(0, 100), "a number in [0, 100] (percent)")):
+        if bad.any():
+            first = bad.to_numpy().argmax()
+            raise fail(f"{column} should be {expected}, found {values.iloc[first]!r} on line {line[first]} "
+                       f"({bad.sum()} such row(s))")
+    repeated = epoch[epoch.duplicated()]
+    if len(repeated):
+        raise fail(f"epoch {int(repeated.iloc[0])} appears more than once (lines "
+                   f"{', '.join(str(n) for n in line[(epoch == repeated.iloc[0]).to_numpy()])}); give each epoch one row")
+    if (acc <= 1.0).all():
+        raise fail(f"every test_acc is at most 1.0 (largest {acc.max():g}): this looks like fractions; "
+                   "write percent (multiply by 100)")
+    return pd.DataFrame({"epoch": epoch.astype(int), "test_acc": acc.astype(float)}).sort_values(
+        "epoch", ignore_index=True)
 
 
 def _fmt(value) -> str:

@@ -1,7 +1,9 @@
-"""The model registry: the two AlexNet variants, selectable by name.
+"""The model registry: the AlexNet variants, selectable by name.
 
 - ``paper``: the layers of Krizhevsky et al. (2012) without local response normalisation, as a
   single-GPU network: 96-256-384-384-256 filters, 227x227 input, 9216-4096-4096-N classifier.
+- ``paper-lrn``: the same with the paper's local response normalisation after the ReLU of the
+  first two convolutions, before their max-pools.
 - ``torchvision``: ``torchvision.models.alexnet`` (the "one weird trick" variant, 64-192-384-256-256
   filters, 224x224 input), used as the library builds it.
 """
@@ -15,21 +17,35 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from .config import SettingsError
+
+
+def paper_lrn() -> nn.LocalResponseNorm:
+    """The paper's LRN: k = 2, n = 5, alpha = 1e-4, beta = 0.75, where the paper applies alpha to
+    the sum over the 5 channels and PyTorch divides alpha by the size, hence 5 x 1e-4."""
+    return nn.LocalResponseNorm(size=5, alpha=5e-4, beta=0.75, k=2.0)
+
 
 class PaperAlexNet(nn.Module):
-    """AlexNet as in the paper, without LRN. Only a 227x227 input gives the 6x6x256 = 9216 features
-    its first linear layer is built for, so any other size is refused with a clear error."""
+    """AlexNet as in the paper, with or without its LRN. Only a 227x227 input gives the 6x6x256 =
+    9216 features its first linear layer is built for, so any other size is refused with a clear
+    error."""
 
     input_size = 227
 
-    def __init__(self, num_classes: int = 10, dropout: float = 0.5) -> None:
+    def __init__(self, num_classes: int = 10, dropout: float = 0.5, lrn: bool = False) -> None:
         super().__init__()
+        def norm() -> list[nn.Module]:  # after the ReLU of conv1 and conv2, before their max-pools
+            return [paper_lrn()] if lrn else []
+
         self.features = nn.Sequential(
             nn.Conv2d(3, 96, kernel_size=11, stride=4),
             nn.ReLU(inplace=True),
+            *norm(),
             nn.MaxPool2d(kernel_size=3, stride=2),
             nn.Conv2d(96, 256, kernel_size=5, padding=2),
             nn.ReLU(inplace=True),
+            *norm(),
             nn.MaxPool2d(kernel_size=3, stride=2),
             nn.Conv2d(256, 384, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
@@ -50,16 +66,12 @@ class PaperAlexNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.body(x))
-
-    def body(self, x: torch.Tensor) -> torch.Tensor:
-        """Everything before the classifier: the flattened 9216 features."""
         if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
             raise ValueError(
                 f"the 'paper' AlexNet needs {self.input_size}x{self.input_size} inputs, "
                 f"got {x.shape[-2]}x{x.shape[-1]}; resize the images to {self.input_size}"
             )
-        return torch.flatten(self.features(x), 1)
+        return self.classifier(torch.flatten(self.features(x), 1))
 
 
 class PoolToMultiple(nn.Module):
@@ -92,31 +104,17 @@ def torchvision_alexnet(num_classes: int = 10, deterministic: bool = False) -> n
     return model
 
 
-def torchvision_body(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Everything before torchvision AlexNet's classifier, as its ``forward`` runs it."""
-    return torch.flatten(model.avgpool(model.features(x)), 1)
-
-
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str
     input_size: int
+    #: (num_classes, deterministic) -> a freshly initialised model
     build: Callable[..., nn.Module]
-    #: (model, images) -> the flattened features its ``classifier`` takes, so that
-    #: ``model(x) == model.classifier(body(model, x))``.
-    body: Callable[[nn.Module, torch.Tensor], torch.Tensor]
-    description: str
 
 
 MODELS: dict[str, ModelSpec] = {
-    "paper": ModelSpec(
-        "paper", 227, lambda num_classes, deterministic=False: PaperAlexNet(num_classes), PaperAlexNet.body,
-        "AlexNet as in the paper (96-256-384-384-256, no LRN), 227x227 input",
-    ),
-    "torchvision": ModelSpec(
-        "torchvision", 224, torchvision_alexnet, torchvision_body,
-        "torchvision.models.alexnet (64-192-384-256-256), 224x224 input",
-    ),
+    "paper": ModelSpec(227, lambda num_classes, deterministic=False: PaperAlexNet(num_classes)),
+    "paper-lrn": ModelSpec(227, lambda num_classes, deterministic=False: PaperAlexNet(num_classes, lrn=True)),
+    "torchvision": ModelSpec(224, torchvision_alexnet),
 }
 
 
@@ -124,7 +122,7 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None
+        raise SettingsError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None
 
 
 def build_model(name: str, num_classes: int = 10, deterministic: bool = False) -> nn.Module:

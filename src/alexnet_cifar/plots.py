@@ -1,7 +1,9 @@
-"""The figures: one run's test-accuracy curve with its peak marked, and all runs against the
-reported curve. Each is saved in every format asked for (PNG to look at, SVG for the report)."""
+"""The figures: one run's test-accuracy curve with its peak marked, all runs against the
+reported curve, each setting's seeds as a mean with a min-max band, and peak accuracy against the
+swept keys. Each is saved in every format asked for (PNG to look at, SVG for the report)."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -10,7 +12,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window: runs on clusters and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
 
@@ -31,20 +34,24 @@ def _epoch_axis(ax) -> None:
 
 
 def plot_run(frame: pd.DataFrame, facts: dict, paths, *, title: str) -> None:
-    """Test accuracy against epoch (numbered from 1), the peak marked and labelled at its epoch."""
+    """Test accuracy against epoch (numbered from 1), the peak marked and labelled at its epoch
+    (a run that diverged in its first epoch has none, and the legend says so)."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(frame["epoch"], frame["test_acc"], marker="o", markersize=3, label="test accuracy")
     peak_epoch, peak_acc = facts["peak_epoch"], facts["peak_test_acc"]
-    ax.plot([peak_epoch], [peak_acc], marker="*", markersize=14, color="tab:red", linestyle="none",
-            label=f"peak: {peak_acc:.2f} % at epoch {peak_epoch}")
-    ax.annotate(f"{peak_acc:.2f} %", (peak_epoch, peak_acc), xytext=(0, 10), textcoords="offset points",
-                ha="center", va="bottom", fontsize=11, fontweight="bold", color="tab:red")
+    if peak_acc is None:
+        ax.plot([], [], linestyle="none", label="no peak: no epoch completed before the divergence")
+    else:
+        ax.plot([peak_epoch], [peak_acc], marker="*", markersize=14, color="tab:red", linestyle="none",
+                label=f"peak: {peak_acc:.2f} % at epoch {peak_epoch}")
+        ax.annotate(f"{peak_acc:.2f} %", (peak_epoch, peak_acc), xytext=(0, 10), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=11, fontweight="bold", color="tab:red")
     if facts.get("diverged_at_epoch") is not None:
         ax.axvline(facts["diverged_at_epoch"], color="black", linestyle=":",
                    label=f"diverged in epoch {facts['diverged_at_epoch']} "
                          f"(step {facts['diverged_at_step']}): training stopped")
     ax.set_ylabel("Test accuracy (%)")
-    ax.set_ylim(0, max(100.0, peak_acc + 8))
+    ax.set_ylim(0, max(100.0, (peak_acc or 0) + 8))
     ax.set_xlim(0.5, max(frame["epoch"].max(), 1) + 0.5)
     _epoch_axis(ax)
     ax.set_title(title)
@@ -78,3 +85,100 @@ def figure_paths(png: str | os.PathLike) -> list[Path]:
     """A figure's PNG and its SVG twin (what the HTML report shows)."""
     png = Path(png)
     return [png, png.with_suffix(".svg")]
+
+
+def replicates_figure(stats: pd.DataFrame, settings: pd.DataFrame, reference: pd.DataFrame, *,
+                      reference_label: str = "reported", columns: int = 3):
+    """One panel per setting (a grid, shared 0-100 % y-axis): the mean test accuracy over the
+    setting's seeds per epoch, the band from their minimum to their maximum, the reported curve
+    dashed. ``stats`` is the replicates table, ``settings`` gives each setting's n_seeds and
+    n_diverged (and the order of the panels)."""
+    columns = max(1, min(columns, len(settings)))
+    rows = max(1, math.ceil(len(settings) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.5 * rows), sharey=True, squeeze=False)
+    for ax, setting in zip(axes.flat, settings.to_dict("records")):
+        curve = stats[stats["setting"] == setting["setting"]].sort_values("epoch")
+        ax.plot(reference["epoch"], reference["test_acc"], linestyle="--", color="gray", label=reference_label)
+        if len(curve):
+            ax.fill_between(curve["epoch"], curve["min"], curve["max"], color="tab:blue", alpha=0.25,
+                            linewidth=0, label="min-max over seeds")
+            ax.plot(curve["epoch"], curve["mean"], color="tab:blue", marker="o", markersize=2,
+                    label="mean over seeds")
+        else:
+            ax.text(0.5, 0.5, "no epoch completed\nbefore divergence", transform=ax.transAxes,
+                    ha="center", va="center")
+        diverged = f", {setting['n_diverged']} diverged" if setting["n_diverged"] else ""
+        ax.set_title(f"{setting['setting']} (n = {setting['n_seeds']}{diverged})", fontsize=10)
+        _epoch_axis(ax)
+    for ax in axes.flat[len(settings):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Test accuracy (%)")
+    axes[0, 0].set_ylim(0, 100)
+    axes[0, 0].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_replicates(stats: pd.DataFrame, settings: pd.DataFrame, reference: pd.DataFrame, paths, **kwargs) -> None:
+    """:func:`replicates_figure`, saved to ``paths``."""
+    save(replicates_figure(stats, settings, reference, **kwargs), paths)
+
+
+#: swept keys drawn on a log axis (their values are positive and span orders of magnitude)
+LOG_KEYS = ("lr",)
+
+
+def _value(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def sweep_figure(outcomes: pd.DataFrame, settings: pd.DataFrame, swept_keys: list[str]):
+    """Peak test accuracy against each swept key, one panel per key: per line (a model and a
+    combination of the other swept keys' values) the mean over seeds, and each seed as a point,
+    a diverged run as an ``x``. ``outcomes`` is one row per run (its peak_test_acc and diverged),
+    ``settings`` one per setting (its peak_mean); both carry model and the swept keys."""
+    if not swept_keys:
+        raise ValueError("the sweep figure needs at least one swept key")
+    fig, axes = plt.subplots(1, len(swept_keys), figsize=(6 * len(swept_keys), 4.5), sharey=True, squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, key in zip(axes[0], swept_keys):
+        others = [k for k in swept_keys if k != key]
+        for index, (group, means) in enumerate(settings.groupby(["model", *others], sort=False)):
+            color = colors[index % len(colors)]
+            label = ", ".join([str(group[0])] + [f"{k} {_value(v)}" for k, v in zip(others, group[1:])])
+            means = means.sort_values(key)
+            ax.plot(means[key], means["peak_mean"], color=color, marker="_", markersize=16, markeredgewidth=2,
+                    label=label)
+            runs = outcomes.merge(means[["setting"]], on="setting")
+            for diverged, marker, size in ((False, "o", 16), (True, "x", 40)):
+                points = runs[runs["diverged"] == diverged]
+                # a run that diverged before completing an epoch has no peak: drawn on the axis
+                ax.scatter(points[key], points["peak_test_acc"].fillna(0.0), color=color, marker=marker, s=size,
+                           alpha=0.6, zorder=3, clip_on=False)
+        values = sorted(settings[key].unique())
+        if key in LOG_KEYS and all(v > 0 for v in values):
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel(f"{key} (log scale)")
+        else:
+            ax.set_xlabel(key)
+        ax.set_xticks(values, [_value(v) for v in values])
+        ax.set_ylim(0, 100)
+        ax.grid(True, alpha=0.3)
+        ax.set_title(f"Peak test accuracy against {key}")
+        handles, _ = ax.get_legend_handles_labels()
+        handles += [Line2D([], [], color="gray", marker="_", markersize=12, markeredgewidth=2,
+                           label="mean peak over seeds"),
+                    Line2D([], [], color="gray", marker="o", markersize=4, linestyle="none", label="one seed"),
+                    Line2D([], [], color="gray", marker="x", linestyle="none",
+                           label="diverged run (best epoch before it; at 0 if none)")]
+        ax.legend(handles=handles, loc="best", fontsize=8)
+    axes[0, 0].set_ylabel("Peak test accuracy (%)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep(outcomes: pd.DataFrame, settings: pd.DataFrame, swept_keys: list[str], paths) -> None:
+    """:func:`sweep_figure`, saved to ``paths``."""
+    save(sweep_figure(outcomes, settings, swept_keys), paths)

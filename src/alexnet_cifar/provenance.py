@@ -1,6 +1,7 @@
 """What a run was made with: settings, software, hardware, code version, times."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import platform
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from .config import EXECUTION_KEYS, RESULT_KEYS, RunSettings
+from .config import RunSettings
 
 
 def git_commit(start: Path | None = None) -> str | None:
@@ -34,7 +35,7 @@ def provenance(settings: RunSettings, device: torch.device, *, data_md5: str, st
                resumed_from_epoch: int) -> dict:
     cuda = device.type == "cuda"
     return {
-        "settings": {key: getattr(settings, key) for key in RESULT_KEYS + EXECUTION_KEYS},
+        "settings": dataclasses.asdict(settings),
         "seed": settings.seed,
         "data_md5": data_md5,
         "device": str(device),

@@ -1,7 +1,9 @@
 """One function per stage of the workflow, taking paths and plain values.
 
 The Snakemake scripts and the command line are both thin translations into these calls, so every
-stage can be run, debugged and benchmarked without Snakemake.
+stage can be run, debugged and benchmarked without Snakemake. Both report a failure the same way
+(:func:`job`): a problem with the inputs, the config or the machine as one line
+that names the file or key and the fix; anything else, a bug, with its traceback.
 """
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
+
+from .errors import UserError
 
 log = logging.getLogger("alexnet_cifar")
 
@@ -23,7 +27,8 @@ def logging_to(path: str | os.PathLike | None = None) -> Iterator[logging.Logger
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(path))
     for handler in handlers:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        formatter = _NoTraceback if handler is handlers[0] else logging.Formatter
+        handler.setFormatter(formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         log.addHandler(handler)
     previous_level = log.level
     log.setLevel(logging.INFO)
@@ -36,6 +41,32 @@ def logging_to(path: str | os.PathLike | None = None) -> Iterator[logging.Logger
         log.setLevel(previous_level)
 
 
+class _NoTraceback(logging.Formatter):
+    """For stderr, where Python itself prints the traceback of an error that is raised on."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None}))
+
+
+@contextlib.contextmanager
+def job(log_path: str | os.PathLike | None) -> Iterator[logging.Logger]:
+    """:func:`logging_to` for one job (a workflow script), which also writes why it failed into its log.
+
+    A user's error (:class:`~alexnet_cifar.errors.UserError`, or an ``OSError``, which names its
+    file) is logged as ``error: <message>`` and ends the process with status 1, with no traceback. Anything else is a bug: logged with its traceback, and raised
+    on. ``SystemExit`` (a training stopped by a signal) and ``KeyboardInterrupt`` pass unchanged.
+    """
+    with logging_to(log_path) as logger:
+        try:
+            yield logger
+        except (UserError, OSError) as exc:
+            logger.error(f"error: {exc}")
+            sys.exit(1)
+        except Exception as exc:
+            logger.exception(f"error: unexpected {type(exc).__name__} (a bug; please report it with this log): {exc}")
+            raise
+
+
 def download(url: str, dest, md5: str, *, retries: int = 3) -> None:
     from . import data
 
@@ -43,10 +74,11 @@ def download(url: str, dest, md5: str, *, retries: int = 3) -> None:
     log.info(f"downloaded {url} to {dest} (md5 {md5})")
 
 
-def prepare(archive, out, *, limit_train: int | None = None, limit_test: int | None = None) -> None:
+def prepare(archive, out, *, md5: str | None = None, limit_train: int | None = None,
+            limit_test: int | None = None) -> None:
     from . import data
 
-    counts = data.prepare(archive, out, limit_train=limit_train, limit_test=limit_test)
+    counts = data.prepare(archive, out, md5=md5, limit_train=limit_train, limit_test=limit_test)
     log.info(f"wrote {out}: {counts['train']} training and {counts['test']} test images")
 
 
@@ -63,8 +95,9 @@ def progress_bar(stream=sys.stderr, width: int = 30):
     return show
 
 
-def train(settings, data_path, out_dir, *, threads: int | None = None) -> list[dict]:
-    """Train one run into ``out_dir`` (``history.jsonl``, ``model.pt``, ``run.json``).
+def train(settings, data_path, out_dir, *, threads: int | None = None, on_epoch=None) -> list[dict]:
+    """Train one run into ``out_dir`` (``history.jsonl``, ``model.pt``, ``run.json``); ``on_epoch``
+    sees the history after every epoch.
 
     SIGTERM/SIGINT stop it after the current step with exit status 128+signal; the checkpoint of
     the last completed epoch stays, so running it again continues the run.
@@ -88,7 +121,7 @@ def train(settings, data_path, out_dir, *, threads: int | None = None) -> list[d
     try:
         with engine.stop_on_signals(stop):
             history, resumed_from = engine.fit(settings, arrays, out_dir, device, data_md5=data_md5,
-                                               log=log.info, stop=stop, progress=progress_bar())
+                                               log=log.info, stop=stop, progress=progress_bar(), on_epoch=on_epoch)
     except engine.TrainingInterrupted as exc:
         log.info(f"{exc}: the checkpoint of the last completed epoch is kept; run again to continue")
         raise SystemExit(128 + exc.signum) from None
@@ -100,24 +133,80 @@ def train(settings, data_path, out_dir, *, threads: int | None = None) -> list[d
 
 def run_metrics(history_path, csv_path, facts_path) -> None:
     """A run's per-epoch CSV and its key facts (peak, final accuracy, divergence) from its history."""
-    from . import engine, metrics
+    from . import history as histories, metrics
 
-    history = engine.read_history(history_path)
+    history = histories.read_history(history_path)
     metrics.write_csv(metrics.history_frame(history), csv_path)
     metrics.write_json(metrics.run_facts(history), facts_path)
 
 
-def summary(facts_paths: Mapping[str, str], csv_paths: Mapping[str, str], models: Mapping[str, str],
-            reference, summary_csv, summary_md) -> None:
+def _check_runs(runs: Mapping[str, Mapping], **paths_by_run: Mapping[str, str]) -> None:
+    """Every input mapping names exactly the runs of the run table (a wiring bug otherwise)."""
+    for what, paths in paths_by_run.items():
+        if set(paths) != set(runs):
+            raise ValueError(f"{what} names runs {sorted(paths)}, the run table {sorted(runs)}")
+
+
+def _read_runs(runs: Mapping[str, Mapping], facts_paths: Mapping[str, str], csv_paths: Mapping[str, str] | None = None):
+    """(facts by run, per-epoch frames by run or None), in the run table's order."""
     import pandas as pd
 
     from . import metrics
+
+    _check_runs(runs, facts_paths=facts_paths, **({"csv_paths": csv_paths} if csv_paths is not None else {}))
+    facts = {run: metrics.read_json(facts_paths[run]) for run in runs}
+    curves = None if csv_paths is None else {run: pd.read_csv(csv_paths[run]) for run in runs}
+    return facts, curves
+
+
+def summary(runs: Mapping[str, Mapping], facts_paths: Mapping[str, str], csv_paths: Mapping[str, str],
+            reference, swept_keys: Sequence[str], summary_csv, summary_md, replicates_csv, settings_csv) -> None:
+    """The tables over runs: ``summary.csv`` (one row per run), ``replicates.csv`` (per setting and
+    epoch: test accuracy across seeds), ``settings.csv`` (per setting: peak and final accuracy
+    across seeds), and ``summary.md`` (every run against the reported curve, then where the
+    reported curve lies in each setting's seed distribution).
+
+    ``runs`` is the run table: run -> {"setting", "seed", "model", "swept": {key: value}}.
+    """
+    from . import metrics, replicates
     from .atomic import write_text
 
-    facts = {run: metrics.read_json(path) for run, path in facts_paths.items()}
-    metrics.write_csv(metrics.summary_frame(facts, dict(models)), summary_csv)
-    runs = {run: pd.read_csv(path) for run, path in csv_paths.items()}
-    write_text(summary_md, metrics.summary_markdown(runs, facts, metrics.read_reference(reference)))
+    swept_keys = list(swept_keys)
+    table = replicates.run_table(runs, swept_keys)
+    facts, curves = _read_runs(runs, facts_paths, csv_paths)
+    reference_curve = metrics.read_reference(reference)
+    stats = replicates.replicate_stats(table, curves, facts)
+    settings = replicates.setting_stats(table, facts, swept_keys)
+    metrics.write_csv(metrics.summary_frame(facts, runs), summary_csv)
+    metrics.write_csv(stats, replicates_csv)
+    metrics.write_csv(settings, settings_csv)
+    write_text(summary_md, metrics.summary_markdown(curves, facts, reference_curve) + "\n"
+               + replicates.seed_distribution_markdown(table, facts, stats, settings, reference_curve, swept_keys))
+    log.info(f"summarised {len(runs)} run(s) in {len(settings)} setting(s)")
+
+
+def replicates_figure(runs: Mapping[str, Mapping], csv_paths: Mapping[str, str], facts_paths: Mapping[str, str],
+                      reference, png) -> None:
+    """Each setting's mean test accuracy per epoch with its seeds' min-max band, the reported
+    curve dashed (PNG and SVG). The facts say where a run diverged: its curve counts up to the
+    epoch before."""
+    from . import metrics, plots, replicates
+
+    table = replicates.run_table(runs, swept_keys=None)
+    facts, curves = _read_runs(runs, facts_paths, csv_paths)
+    plots.plot_replicates(replicates.replicate_stats(table, curves, facts), replicates.setting_stats(table, facts),
+                          metrics.read_reference(reference), plots.figure_paths(png))
+
+
+def sweep_figure(runs: Mapping[str, Mapping], facts_paths: Mapping[str, str], swept_keys: Sequence[str], png) -> None:
+    """Peak test accuracy against each swept key (PNG and SVG); only for a config with a sweep."""
+    from . import plots, replicates
+
+    swept_keys = list(swept_keys)
+    table = replicates.run_table(runs, swept_keys)
+    facts, _ = _read_runs(runs, facts_paths)
+    plots.plot_sweep(replicates.run_outcomes(table, facts), replicates.setting_stats(table, facts, swept_keys),
+                     swept_keys, plots.figure_paths(png))
 
 
 def run_figure(csv_path, facts_path, png, *, title: str) -> None:

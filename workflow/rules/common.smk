@@ -2,12 +2,13 @@ import os
 import re
 
 # The Snakefile put src/ on sys.path; the config module reads configs without importing torch.
-from alexnet_cifar.config import resolve_run
+from alexnet_cifar.config import expand_runs
 
 # Normalised, so that targets spelled like the config (results/x, ./results/x) match the rules.
 OUTDIR = os.path.normpath(config["outdir"])
 DATADIR = os.path.normpath(config.get("datadir") or os.path.join(OUTDIR, "data"))
-RUNS = list(config["runs"])
+RUNS = expand_runs(config)  # run name -> Run: one training each (run entries x sweep x seeds)
+SWEPT_KEYS = list(config["sweep"])
 ENV = "../../environment.yml"  # relative to the rule files
 
 
@@ -15,29 +16,31 @@ wildcard_constraints:
     run="|".join(re.escape(run) for run in RUNS),
 
 
-def run_settings(run):
-    """A run's settings: the train: defaults merged with its entry in runs:."""
-    return resolve_run(config, run)
-
-
 def result_params(wildcards):
     """What defines a run's result (not where or how fast it runs): a change retrains it."""
-    return run_settings(wildcards.run).result_params()
+    return RUNS[wildcards.run].settings.result_params()
 
 
 def figure_title(wildcards):
-    s = run_settings(wildcards.run)
+    s = RUNS[wildcards.run].settings
     return f"{wildcards.run}: {s.model} AlexNet, lr {s.lr:g}, batch {s.batch_size}, momentum {s.momentum:g}"
 
 
+def run_table():
+    """Each run's setting, seed, model and swept values: what the summary groups by."""
+    return {name: run.table_row() for name, run in RUNS.items()}
+
+
 def outputs_of_every_run(pattern):
-    return {run: pattern.format(outdir=OUTDIR, run=run) for run in RUNS}
+    return [pattern.format(outdir=OUTDIR, run=run) for run in RUNS]
 
 
 def all_targets():
-    return [
-        f"{OUTDIR}/metrics/summary.csv",
-        f"{OUTDIR}/metrics/summary.md",
-        f"{OUTDIR}/figures/comparison.png",
-        *outputs_of_every_run("{outdir}/figures/{run}.png").values(),
-    ]
+    """Every output of every rule: a deleted file is rebuilt by a plain ``snakemake``."""
+    per_run = ["runs/{run}/history.jsonl", "runs/{run}/model.pt", "runs/{run}/run.json", "figures/{run}.png"]
+    targets = [path for pattern in per_run for path in outputs_of_every_run(f"{{outdir}}/{pattern}")]
+    targets += [f"{OUTDIR}/metrics/{name}" for name in ("summary.csv", "summary.md", "replicates.csv", "settings.csv")]
+    targets += [f"{OUTDIR}/figures/{name}.png" for name in ("comparison", "replicates")]
+    if SWEPT_KEYS:
+        targets.append(f"{OUTDIR}/figures/sweep.png")
+    return targets

@@ -1,10 +1,13 @@
-# Figures: one per run with its peak marked, and every run against the reported curve.
+# Figures: one per run with its peak marked, every run against the reported curve, the spread of
+# each setting's seeds and, with a sweep, the peak against the swept values.
 # Each is saved as PNG (to look at) and SVG (what the HTML report shows). Local on a cluster.
 
 
 localrules:
     run_figure,
     comparison_figure,
+    replicates_figure,
+    sweep_figure,
 
 
 rule run_figure:
@@ -33,7 +36,7 @@ rule run_figure:
 
 rule comparison_figure:
     input:
-        csv=outputs_of_every_run("{outdir}/metrics/{run}.csv").values(),
+        csv=outputs_of_every_run("{outdir}/metrics/{run}.csv"),
         reference=config["reference_curve"],
     output:
         png=f"{OUTDIR}/figures/comparison.png",
@@ -45,10 +48,57 @@ rule comparison_figure:
             labels={"run": "all runs", "figure": "comparison"},
         ),
     params:
-        runs=RUNS,
+        runs=list(RUNS),
     log:
         f"{OUTDIR}/logs/figures/comparison.log",
     conda:
         ENV
     script:
         "../scripts/comparison_figure.py"
+
+
+rule replicates_figure:
+    input:
+        csv=outputs_of_every_run("{outdir}/metrics/{run}.csv"),
+        facts=outputs_of_every_run("{outdir}/metrics/{run}.facts.json"),
+        reference=config["reference_curve"],
+    output:
+        png=f"{OUTDIR}/figures/replicates.png",
+        svg=report(
+            f"{OUTDIR}/figures/replicates.svg",
+            caption="../report/replicates.rst",
+            category="Figures",
+            subcategory="seeds",
+            labels={"run": "all settings", "figure": "replicates"},
+        ),
+    params:
+        runs=run_table(),
+    log:
+        f"{OUTDIR}/logs/figures/replicates.log",
+    conda:
+        ENV
+    script:
+        "../scripts/replicates_figure.py"
+
+
+rule sweep_figure:
+    input:
+        facts=outputs_of_every_run("{outdir}/metrics/{run}.facts.json"),
+    output:
+        png=f"{OUTDIR}/figures/sweep.png",
+        svg=report(
+            f"{OUTDIR}/figures/sweep.svg",
+            caption="../report/sweep.rst",
+            category="Figures",
+            subcategory="sweep",
+            labels={"run": "all settings", "figure": "sweep"},
+        ),
+    params:
+        runs=run_table(),
+        swept_keys=SWEPT_KEYS,
+    log:
+        f"{OUTDIR}/logs/figures/sweep.log",
+    conda:
+        ENV
+    script:
+        "../scripts/sweep_figure.py"

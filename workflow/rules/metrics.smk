@@ -23,8 +23,8 @@ rule metrics:
 
 rule summary:
     input:
-        facts=outputs_of_every_run("{outdir}/metrics/{run}.facts.json").values(),
-        csv=outputs_of_every_run("{outdir}/metrics/{run}.csv").values(),
+        facts=outputs_of_every_run("{outdir}/metrics/{run}.facts.json"),
+        csv=outputs_of_every_run("{outdir}/metrics/{run}.csv"),
         reference=config["reference_curve"],
     output:
         csv=report(
@@ -33,9 +33,15 @@ rule summary:
             category="Summary",
         ),
         md=f"{OUTDIR}/metrics/summary.md",
+        replicates=f"{OUTDIR}/metrics/replicates.csv",
+        settings=report(
+            f"{OUTDIR}/metrics/settings.csv",
+            caption="../report/settings.rst",
+            category="Summary",
+        ),
     params:
-        runs=RUNS,
-        models={run: run_settings(run).model for run in RUNS},
+        runs=run_table(),
+        swept_keys=SWEPT_KEYS,
     log:
         f"{OUTDIR}/logs/metrics/summary.log",
     conda:

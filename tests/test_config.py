@@ -1,0 +1,162 @@
+"""The config: one schema for every key, runs expanded with seeds and sweeps, problems refused
+before any job, and a job graph built without torch."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from alexnet_cifar import cli, config
+from alexnet_cifar.config import RunSettings, config_problems, expand_runs, load_config, resolve_run
+from alexnet_cifar.models import MODELS
+from workflow_helpers import REPO, make_workdir, planned_jobs, snakemake
+
+
+def full(overrides: dict) -> dict:
+    """``overrides`` merged over config/config.yaml, as Snakemake merges a --configfile."""
+    return config.merge(load_config(REPO / "config/config.yaml"), overrides)
+
+
+# -- one source of truth --------------------------------------------------------------------------
+
+def test_the_schema_lists_the_registry_s_models_and_the_settings_fields():
+    assert config.model_names() == list(MODELS)
+    assert [f.name for f in dataclasses.fields(RunSettings)] == ["model", *config.train_schema()]
+
+
+def test_defaults_come_from_the_schema():
+    schema = yaml.safe_load(config.SCHEMA_PATH.read_text())
+    defaults = {k: v["default"] for k, v in schema["properties"]["train"]["allOf"][1]["properties"].items()
+                if "default" in v}
+    settings = RunSettings.from_mapping({"model": "paper"})
+    assert {k: getattr(settings, k) for k in defaults} == defaults
+    assert (settings.epochs, settings.batch_size, settings.lr, settings.momentum) == (50, 4, 0.001, 0.9)
+
+
+def test_the_cli_options_are_made_from_the_schema():
+    """Every train setting is an option with the schema's default; booleans stay switches."""
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "--data", "d.npz", "--model", "paper", "--out", "o"])
+    assert {key: getattr(args, key) for key in config.train_schema()} == {
+        key: spec["default"] for key, spec in config.train_schema().items()}
+    args = parser.parse_args(["train", "--data", "d", "--model", "paper", "--out", "o", "--deterministic",
+                              "--no-cuda-graph", "--fused-sgd", "--batch-size", "8", "--lr", "0.01"])
+    assert (args.deterministic, args.cuda_graph, args.fused_sgd, args.batch_size, args.lr) == (True, False, True, 8, 0.01)
+
+
+def test_config_readme_has_a_row_for_every_key():
+    rows = [line.split("|")[1].strip().strip("`") for line in (REPO / "config/README.md").read_text().splitlines()
+            if line.startswith("| `")]
+    schema = config.schema()["properties"]
+    keys = [k for k in schema if k not in ("dataset", "train")]
+    keys += [f"dataset.{k}" for k in schema["dataset"]["properties"]]
+    keys += [f"train.{k}" for k in [*config.train_schema(), "seeds"]]
+    assert sorted(rows) == sorted(keys)
+
+
+def test_only_result_settings_change_the_fingerprint():
+    base = RunSettings.from_mapping({"model": "paper"})
+    assert "device" not in base.result_params() and "lr" in base.result_params()
+    same = RunSettings.from_mapping({"model": "paper", "device": "cpu", "cuda_graph": False, "fused_sgd": True,
+                                     "eval_batch_size": 7})
+    assert base.fingerprint("m") == same.fingerprint("m")
+    assert base.fingerprint("m") != RunSettings.from_mapping({"model": "paper", "lr": 0.01}).fingerprint("m")
+    assert base.fingerprint("m") != base.fingerprint("other data")
+
+
+# -- runs, seeds and sweeps -------------------------------------------------------------------------
+
+def test_a_config_without_seeds_or_sweep_keeps_its_run_names_and_settings():
+    cfg = {"train": {"epochs": 3, "lr": 0.01}, "runs": {"a": {"model": "torchvision", "lr": 0.1}, "b": {"model": "paper"}}}
+    runs = expand_runs(cfg)
+    assert list(runs) == ["a", "b"] and [r.setting for r in runs.values()] == ["a", "b"]
+    settings = resolve_run(cfg, "a")
+    assert (settings.model, settings.epochs, settings.lr, settings.batch_size, settings.seed) == ("torchvision", 3, 0.1, 4, 0)
+    with pytest.raises(ValueError, match="unknown run 'c'"):
+        resolve_run(cfg, "c")
+
+
+def test_seeds_cross_the_sweep_in_the_order_given():
+    cfg = {"train": {"seeds": 2}, "sweep": {"lr": [0.0003, 0.001], "momentum": [0.5]},
+           "runs": {"paper": {"model": "paper"}, "tv": {"model": "torchvision", "seeds": [7]},
+                    "one": {"model": "paper", "seed": 3}}}
+    runs = expand_runs(cfg)
+    assert list(runs) == [
+        "paper-lr0.0003-momentum0.5-seed0", "paper-lr0.0003-momentum0.5-seed1",
+        "paper-lr0.001-momentum0.5-seed0", "paper-lr0.001-momentum0.5-seed1",
+        "tv-lr0.0003-momentum0.5-seed7", "tv-lr0.001-momentum0.5-seed7",
+        "one-lr0.0003-momentum0.5", "one-lr0.001-momentum0.5"]  # its own seed opts out of train: seeds
+    run = runs["paper-lr0.001-momentum0.5-seed1"]
+    assert run.setting == "paper-lr0.001-momentum0.5" and run.swept == {"lr": 0.001, "momentum": 0.5}
+    assert (run.settings.lr, run.settings.momentum, run.settings.seed) == (0.001, 0.5, 1)
+    assert runs["one-lr0.001-momentum0.5"].table_row()["seed"] == 3
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"sweep": {"lrr": [0.1]}}, "sweep.lrr: unknown setting"),
+    ({"sweep": {"device": ["cpu", "cuda"]}}, "sweep.device: does not define a result"),
+    ({"sweep": {"cuda_graph": [True, False]}}, "sweep.cuda_graph: does not define a result"),
+    ({"sweep": {"seed": [0, 1]}}, "sweep.seed: seeds are not swept; give seeds:"),
+    ({"sweep": {"lr": [0.01, -0.1]}}, "sweep.lr: -0.1 is less than or equal to the minimum of 0"),
+    ({"sweep": {"momentum": [0.9, 1.0]}}, "sweep.momentum: 1.0 is greater than or equal to the maximum of 1"),
+    ({"train": {"seed": 1, "seeds": 3}}, "train: has both seed and seeds"),
+    ({"runs": {"paper": {"model": "paper", "seed": 1, "seeds": [1, 2]}}}, "runs.paper: has both seed and seeds"),
+    ({"runs": {"x": {"model": "paper", "seeds": [1]}, "x-seed1": {"model": "paper"}}},
+     "runs.x-seed1: expands to run 'x-seed1', as runs.x does"),
+    ({"train": {"seeds": [1, 1]}}, "train.seeds: [1, 1] is not valid"),
+    ({"train": {"momentum": 1.5}}, "train.momentum: 1.5 is greater than or equal to the maximum of 1"),
+    ({"train": {"num_classes": 5}}, "train.num_classes: 5 is less than the minimum of 10"),
+    ({"train": {"seed": -1}}, "train.seed: -1 is less than the minimum of 0"),
+])
+def test_config_problems_name_the_key(change, expected):
+    problems = config_problems(full(change))
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_the_shipped_configs_are_valid_and_plan_their_trainings():
+    counts = {}
+    for name in ("config.yaml", "as-stated.yaml", "quick.yaml", "seeds.yaml", "lr-sweep.yaml"):
+        cfg = config.with_defaults(load_config(REPO / "config/config.yaml", REPO / "config" / name))
+        assert config_problems(cfg) == [], name
+        counts[name] = len(expand_runs(cfg))
+    assert counts == {"config.yaml": 2, "as-stated.yaml": 2, "quick.yaml": 2, "seeds.yaml": 15, "lr-sweep.yaml": 16}
+    seeds = expand_runs(load_config(REPO / "config/config.yaml", REPO / "config/seeds.yaml"))
+    assert {run.settings.model for run in seeds.values()} == {"paper", "paper-lrn", "torchvision"}
+
+
+@pytest.mark.parametrize("configfile, trainings", [("config/seeds.yaml", 15), ("config/lr-sweep.yaml", 16)])
+def test_dry_runs_of_the_shipped_configs_plan_their_trainings(configfile, trainings):
+    jobs = planned_jobs(snakemake(REPO, "-n", configfile=configfile).stdout)
+    assert jobs["train"] == trainings and jobs["replicates_figure"] == 1
+    assert jobs.get("sweep_figure", 0) == (1 if "sweep" in configfile else 0)
+
+
+def test_a_bad_sweep_key_stops_the_workflow_with_one_line_and_no_traceback(tmp_path):
+    workdir = make_workdir(tmp_path, {"sweep": {"device": ["cpu", "cuda"]}})
+    result = snakemake(workdir, "-n", check=False)
+    assert result.returncode != 0
+    assert "sweep.device: does not define a result" in result.stderr
+    assert "Traceback" not in result.stderr and "File \"" not in result.stderr
+    assert not (workdir / "results").exists()
+
+
+def test_building_the_job_graph_never_imports_torch(tmp_path):
+    """On a cluster's login node every dry run would pay for it: a torch that cannot be imported
+    must not stop ``snakemake -n``."""
+    fake = tmp_path / "fake" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('torch imported while building the job graph')\n")
+    (tmp_path / "fake" / "torchvision").mkdir()
+    (tmp_path / "fake" / "torchvision" / "__init__.py").write_text("raise ImportError('torchvision imported')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "fake")}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(REPO), "-n",
+           "--configfile=config/lr-sweep.yaml"]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # and the fake does stop anything that does import torch
+    check = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert "torch imported while building the job graph" in check.stderr
