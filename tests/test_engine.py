@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from alexnet_cifar import checkpoint
 from alexnet_cifar.config import RunSettings
 from alexnet_cifar.data import Cifar10Arrays
-from alexnet_cifar import checkpoint
 from alexnet_cifar.engine import Trainer, fit, to_model_input
 from alexnet_cifar.history import read_history
 from alexnet_cifar.models import build_model
@@ -69,7 +68,7 @@ def test_engine_matches_a_straightforward_loop():
         reference_losses.append(total / len(labels))
     assert engine_losses == pytest.approx(reference_losses, rel=1e-5)
     assert engine_losses[-1] < engine_losses[0]  # it learns at all
-    for a, b in zip(trainer.model.parameters(), model.parameters()):
+    for a, b in zip(trainer.model.parameters(), model.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-7)
 
 
@@ -80,7 +79,7 @@ def write_npz(path: Path, data: Cifar10Arrays) -> Path:
 
 def train_cmd(npz, out, *extra):
     return [sys.executable, "-m", "alexnet_cifar", "train", "--data", str(npz), "--model", "torchvision",
-            "--out", str(out), "--device", "cpu", "--deterministic", "--threads", "1", "--eval-batch-size", "8",
+            "--out", str(out), "--device", "cpu", "--deterministic", "--threads", "2", "--eval-batch-size", "8",
             *extra]
 
 
@@ -90,21 +89,15 @@ def strip_time(history):
 
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory):
-    # 3 steps an epoch: each step of a 57 M-parameter model takes about a second on 2 CPU cores
-    return write_npz(tmp_path_factory.mktemp("data") / "data.npz", arrays(n_train=12, n_test=8))
+    # 2 steps an epoch: each step of a 57 M-parameter model takes about a second on 2 CPU cores
+    return write_npz(tmp_path_factory.mktemp("data") / "data.npz", arrays(n_train=8, n_test=8))
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(npz, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
-    subprocess.run(train_cmd(npz, out, "--epochs", "3"), check=True, capture_output=True, timeout=600)
+    subprocess.run(train_cmd(npz, out, "--epochs", "2"), check=True, capture_output=True, timeout=600)
     return read_history(out / "history.jsonl")
-
-
-def test_two_runs_with_the_same_seed_are_identical(npz, tmp_path, uninterrupted):
-    subprocess.run(train_cmd(npz, tmp_path, "--epochs", "3"), check=True, capture_output=True, timeout=600)
-    assert strip_time(read_history(tmp_path / "history.jsonl")) == strip_time(uninterrupted)
-    assert len(uninterrupted) == 3
 
 
 def test_the_step_is_one_backward_pass_and_one_sgd_step_dropout_included():
@@ -124,9 +117,9 @@ def test_the_step_is_one_backward_pass_and_one_sgd_step_dropout_included():
         optimizer.zero_grad()
         F.cross_entropy(reference(x), trainer.train_y[idx]).backward()
         optimizer.step()
-    for a, b in zip(trainer.model.parameters(), reference.parameters()):
+    for a, b in zip(trainer.model.parameters(), reference.parameters(), strict=True):
         assert torch.equal(a, b)
-    for a, b in zip(trainer.model.parameters(), initial.parameters()):
+    for a, b in zip(trainer.model.parameters(), initial.parameters(), strict=True):
         assert not torch.equal(a, b)  # every layer was trained
 
 
@@ -144,7 +137,7 @@ def test_fused_sgd_is_an_option_that_trains_alike_and_a_resume_keeps_the_chosen_
     assert trainers[False].optimizer.param_groups[0]["foreach"] is True
     losses = {fused: [t.train_epoch()[0] for _ in range(2)] for fused, t in trainers.items()}
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
-    for a, b in zip(trainers[True].model.parameters(), trainers[False].model.parameters()):
+    for a, b in zip(trainers[True].model.parameters(), trainers[False].model.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
 
     fused = trainers[True]
@@ -168,7 +161,7 @@ def record(epoch: int, **changes) -> dict:
 @pytest.mark.parametrize("signum, status", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 128 + 15)])
 def test_an_interrupted_run_resumes_to_the_same_history(npz, tmp_path, uninterrupted, signum, status):
     log = tmp_path / "train.log"
-    proc = subprocess.Popen(train_cmd(npz, tmp_path, "--epochs", "3", "--log", str(log)),
+    proc = subprocess.Popen(train_cmd(npz, tmp_path, "--epochs", "2", "--log", str(log)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not (tmp_path / "checkpoint.pt").exists():  # written after the first epoch
@@ -180,7 +173,7 @@ def test_an_interrupted_run_resumes_to_the_same_history(npz, tmp_path, uninterru
     assert not (tmp_path / "history.jsonl").exists()
     assert (tmp_path / "checkpoint.pt").exists()
 
-    subprocess.run(train_cmd(npz, tmp_path, "--epochs", "3", "--log", str(log)), check=True,
+    subprocess.run(train_cmd(npz, tmp_path, "--epochs", "2", "--log", str(log)), check=True,
                    capture_output=True, timeout=600)
     assert "resuming from" in log.read_text() and "after epoch 1" in log.read_text()
     assert strip_time(read_history(tmp_path / "history.jsonl")) == strip_time(uninterrupted)

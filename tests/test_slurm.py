@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from cifar_archive import build_archive
 from slurm_cluster import SlurmCluster, unavailable_reason
 
@@ -32,7 +31,7 @@ PROFILE = REPO / "profiles" / "slurm"
 PARTITION = "gpu"  # not the cluster's default partition: shows SBATCH_PARTITION reaches sbatch
 ACCOUNT = "lab1"  # this cluster records any account name (the dry-run test shows the forwarding)
 # A few images, so that a CPU epoch takes seconds (each SLURM job also starts Snakemake twice).
-DATASET_LIMITS = {"limit_train": 16, "limit_test": 8}
+DATASET_LIMITS = {"limit_train": 8, "limit_test": 8}
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 RULE_HEADER = re.compile(r"^(localrule|rule) (\w+):$", re.M)
 
