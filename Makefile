@@ -19,11 +19,15 @@ run: $(STAMP)
 quick: $(STAMP)
 	$(VENV)/bin/snakemake --cores 2 --configfile=config/quick.yaml
 
+# Two workers, one test file each at a time (module fixtures are built once): the SLURM tests,
+# mostly waiting, overlap the rest. Plain `pytest` runs the same tests one after the other.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
 
 report: $(STAMP)
 	$(VENV)/bin/snakemake --report results/report.html

@@ -14,8 +14,8 @@ import pickle
 import shlex
 import struct
 import tarfile
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -76,7 +76,8 @@ def source_arrays(train_counts: Sequence[int] = (7, 5, 6, 4, 8), test_count: int
     rng = np.random.default_rng(seed)
     x, y = make_split(sum(train_counts), rng)  # one split, cut into batches: all classes even in tiny batches
     cuts = np.cumsum(train_counts)[:-1]
-    return {"train": list(zip(np.split(x, cuts), np.split(y, cuts))), "test": [make_split(test_count, rng)]}
+    return {"train": list(zip(np.split(x, cuts), np.split(y, cuts), strict=True)),
+            "test": [make_split(test_count, rng)]}
 
 
 def batch_pickle(data: np.ndarray, labels: Iterable[int], *, label: str = "training batch 1 of 5",

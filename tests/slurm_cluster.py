@@ -146,7 +146,7 @@ class SlurmCluster:
     def command(self, *args: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
         """Run a SLURM client (scontrol, squeue, scancel, ...) against this cluster."""
         return subprocess.run([find_tool(args[0]) or args[0], *args[1:]], env=self.env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, check=check)
+                              capture_output=True, timeout=timeout, check=check)
 
     # -- configuration -------------------------------------------------------------------
     def write_config(self) -> None:
@@ -242,7 +242,7 @@ PartitionName=gpu Nodes={self.node} Default=NO MaxTime=INFINITE State=UP
             time.sleep(0.2)
         raise RuntimeError(f"timed out waiting for {what}\n" + "\n".join(self.log_tail(n) for n in self._started))
 
-    def start(self) -> "SlurmCluster":
+    def start(self) -> SlurmCluster:
         self.write_config()
         munge = pwd.getpwnam("munge")
         self._spawn("munged", ["--foreground", f"--socket={self.munge_socket}",
@@ -317,7 +317,7 @@ PartitionName=gpu Nodes={self.node} Default=NO MaxTime=INFINITE State=UP
                     continue
         self._started.clear()
 
-    def __enter__(self) -> "SlurmCluster":
+    def __enter__(self) -> SlurmCluster:
         try:
             return self.start()
         except BaseException:

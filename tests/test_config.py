@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import yaml
+from workflow_helpers import REPO, make_workdir, planned_jobs, snakemake
 
 from alexnet_cifar import cli, config
 from alexnet_cifar.config import RunSettings, config_problems, expand_runs, load_config, resolve_run
 from alexnet_cifar.models import MODELS
-from workflow_helpers import REPO, make_workdir, planned_jobs, snakemake
 
 
 def full(overrides: dict) -> dict:
@@ -45,7 +45,8 @@ def test_the_cli_options_are_made_from_the_schema():
         key: spec["default"] for key, spec in config.train_schema().items()}
     args = parser.parse_args(["train", "--data", "d", "--model", "paper", "--out", "o", "--deterministic",
                               "--no-cuda-graph", "--fused-sgd", "--batch-size", "8", "--lr", "0.01"])
-    assert (args.deterministic, args.cuda_graph, args.fused_sgd, args.batch_size, args.lr) == (True, False, True, 8, 0.01)
+    assert ((args.deterministic, args.cuda_graph, args.fused_sgd, args.batch_size, args.lr)
+            == (True, False, True, 8, 0.01))
 
 
 def test_config_readme_has_a_row_for_every_key():
@@ -71,11 +72,13 @@ def test_only_result_settings_change_the_fingerprint():
 # -- runs, seeds and sweeps -------------------------------------------------------------------------
 
 def test_a_config_without_seeds_or_sweep_keeps_its_run_names_and_settings():
-    cfg = {"train": {"epochs": 3, "lr": 0.01}, "runs": {"a": {"model": "torchvision", "lr": 0.1}, "b": {"model": "paper"}}}
+    cfg = {"train": {"epochs": 3, "lr": 0.01},
+           "runs": {"a": {"model": "torchvision", "lr": 0.1}, "b": {"model": "paper"}}}
     runs = expand_runs(cfg)
     assert list(runs) == ["a", "b"] and [r.setting for r in runs.values()] == ["a", "b"]
     settings = resolve_run(cfg, "a")
-    assert (settings.model, settings.epochs, settings.lr, settings.batch_size, settings.seed) == ("torchvision", 3, 0.1, 4, 0)
+    assert ((settings.model, settings.epochs, settings.lr, settings.batch_size, settings.seed)
+            == ("torchvision", 3, 0.1, 4, 0))
     with pytest.raises(ValueError, match="unknown run 'c'"):
         resolve_run(cfg, "c")
 

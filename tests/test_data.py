@@ -12,11 +12,21 @@ import uuid
 
 import numpy as np
 import pytest
+from cifar_archive import (
+    BATCH_DIR,
+    batch_pickle,
+    build_archive,
+    chardev,
+    evil_pickle,
+    fifo,
+    hardlink,
+    regular,
+    source_arrays,
+    symlink,
+)
 
 from alexnet_cifar import data
 from alexnet_cifar.data import DataError, download, file_md5, load_npz, prepare
-from cifar_archive import (BATCH_DIR, batch_pickle, build_archive, chardev, evil_pickle, fifo, hardlink, regular,
-                           source_arrays, symlink)
 
 WRONG_MD5 = "0" * 32
 
@@ -415,17 +425,22 @@ def test_load_npz_accepts_any_integer_labels_and_returns_int64(tmp_path):
 
 DAMAGED_NPZ = {
     "float-images": ({"train_images": np.zeros((4, 3, 32, 32), np.float32)},
-                     r"train_images should be uint8 of shape \(N, 3, 32, 32\), found float32 of shape \(4, 3, 32, 32\)"),
-    "channels-last": ({"test_images": np.zeros((3, 32, 32, 3), np.uint8)}, r"test_images .* found uint8 of shape \(3, 32, 32, 3\)"),
+                     r"train_images should be uint8 of shape \(N, 3, 32, 32\), "
+                     r"found float32 of shape \(4, 3, 32, 32\)"),
+    "channels-last": ({"test_images": np.zeros((3, 32, 32, 3), np.uint8)},
+                      r"test_images .* found uint8 of shape \(3, 32, 32, 3\)"),
     "flat-images": ({"train_images": np.zeros((4, 3072), np.uint8)}, r"train_images .* shape \(4, 3072\)"),
     "float-labels": ({"train_labels": np.array([0.0, 1, 2, 3])}, r"train_labels should be integers .* found float64"),
-    "2d-labels": ({"test_labels": np.zeros((3, 1), np.int64)}, r"test_labels should be integers of shape \(N,\), found int64 of shape \(3, 1\)"),
+    "2d-labels": ({"test_labels": np.zeros((3, 1), np.int64)},
+                  r"test_labels should be integers of shape \(N,\), found int64 of shape \(3, 1\)"),
     "label-10": ({"test_labels": np.array([2, 10, 7])}, r"test_labels must be 0\.\.9, found 10 at index 1"),
-    "label-negative": ({"train_labels": np.array([0, -1, -2, 3])}, r"train_labels must be 0\.\.9, found -1 at index 1 \(2 out of range\)"),
+    "label-negative": ({"train_labels": np.array([0, -1, -2, 3])},
+                       r"train_labels must be 0\.\.9, found -1 at index 1 \(2 out of range\)"),
     "count-mismatch": ({"train_labels": np.array([0, 1, 2])}, r"train_labels has 3 labels for 4 images"),
     "empty-split": ({"test_images": np.zeros((0, 3, 32, 32), np.uint8), "test_labels": np.zeros(0, np.int64)},
                     r"the test split is empty"),
-    "missing-key": ({"test_labels": None}, r"no array 'test_labels' \(found \['test_images', 'train_images', 'train_labels'\]\)"),
+    "missing-key": ({"test_labels": None},
+                    r"no array 'test_labels' \(found \['test_images', 'train_images', 'train_labels'\]\)"),
     "object-array": ({"test_labels": np.array([1, "x", None], dtype=object)}, r"not a readable \.npz"),
 }
 
@@ -482,7 +497,8 @@ WRONG_META = {
 @pytest.mark.parametrize("meta", WRONG_META.values(), ids=WRONG_META.keys())
 def test_prepare_refuses_wrong_class_names(tmp_path, meta):
     path, _ = build_archive(tmp_path / "a.tar.gz", replace={"batches.meta": pickle.dumps(meta, protocol=2)})
-    with pytest.raises(DataError, match=f"{BATCH_DIR}/batches.meta: 'label_names' should be the CIFAR-10 classes") as err:
+    with pytest.raises(DataError,
+                       match=f"{BATCH_DIR}/batches.meta: 'label_names' should be the CIFAR-10 classes") as err:
         prepare(path, tmp_path / "c.npz")
     assert "not the CIFAR-10 python archive" in str(err.value)
     assert not (tmp_path / "c.npz").exists()

@@ -149,7 +149,7 @@ def test_resolve_auto_without_cuda_refuses_with_a_day_estimate(monkeypatch):
         resolve_device("auto", model="paper", epochs=50, train_images=50000, batch_size=4)
     message = str(info.value)
     days = estimate_cpu_days("paper", 50, 50000, 4)
-    assert 10 < days < 15  # 625,000 steps at 1.7 s
+    assert 5 < days < 7  # 625,000 steps at 0.84 s
     assert f"about {days:.1f} days" in message
     assert "train.device: cpu" in message
     assert "no CUDA GPU" in message

@@ -10,6 +10,8 @@ import textwrap
 
 import numpy as np
 import pytest
+from cifar_archive import build_archive
+from workflow_helpers import REPO, make_workdir, snakemake, tiny_config
 
 from alexnet_cifar import cli, stages
 from alexnet_cifar.config import SettingsError
@@ -18,8 +20,6 @@ from alexnet_cifar.devices import DeviceError
 from alexnet_cifar.errors import UserError
 from alexnet_cifar.history import FIELDS, HistoryError, read_history, validate_history, write_history
 from alexnet_cifar.metrics import CurveError, read_reference
-from cifar_archive import build_archive
-from workflow_helpers import REPO, make_workdir, snakemake, tiny_config
 
 TRACEBACK = "Traceback (most recent call last)"
 
@@ -64,29 +64,39 @@ def damage(change):
 
 BAD_HISTORIES = {
     "missing-field": (lambda h: h[1].pop("test_acc"), "line 2: missing field(s) test_acc"),
-    "unknown-field": (lambda h: h[0].update(val_acc=3.0), "line 1: unknown field(s) val_acc; a record has exactly epoch"),
+    "unknown-field": (lambda h: h[0].update(val_acc=3.0),
+                      "line 1: unknown field(s) val_acc; a record has exactly epoch"),
     "epoch-bool": (lambda h: h[0].update(epoch=True), "line 1: epoch should be an integer >= 1, found true"),
     "epoch-float": (lambda h: h[1].update(epoch=2.0), "line 2: epoch should be an integer >= 1, found 2.0"),
     "epoch-text": (lambda h: h[1].update(epoch="2"), 'line 2: epoch should be an integer >= 1, found "2"'),
-    "epoch-gap": (lambda h: h[2].update(epoch=4), "line 3: epoch should be 3 (epochs run 1, 2, 3, ... without gaps or repeats), found 4"),
+    "epoch-gap": (lambda h: h[2].update(epoch=4),
+                  "line 3: epoch should be 3 (epochs run 1, 2, 3, ... without gaps or repeats), found 4"),
     "epoch-repeat": (lambda h: h[1].update(epoch=1), "line 2: epoch should be 2 (epochs run"),
-    "epochs-from-0": (lambda h: [r.update(epoch=r["epoch"] - 1) for r in h], "line 1: epoch should be an integer >= 1, found 0"),
+    "epochs-from-0": (lambda h: [r.update(epoch=r["epoch"] - 1) for r in h],
+                      "line 1: epoch should be an integer >= 1, found 0"),
     "null-loss-not-diverged": (lambda h: h[1].update(train_loss=None),
-                               "line 2: train_loss should be a number >= 0 (null only in the epoch that diverged), found null"),
+                               "line 2: train_loss should be a number >= 0 (null only in the epoch that diverged), "
+                               "found null"),
     "null-test-loss-not-diverged": (lambda h: h[2].update(test_loss=None), "line 3: test_loss should be a number >= 0"),
     "negative-loss": (lambda h: h[0].update(train_loss=-0.1), "line 1: train_loss should be a number >= 0"),
-    "loss-as-text": (lambda h: h[0].update(test_loss="1.2"), 'test_loss should be a number >= 0 (null only in the epoch that diverged), found "1.2"'),
-    "nan-loss": (lambda h: h[0].update(train_loss=math.nan), "line 1: train_loss should be a number >= 0 (null only in the epoch that diverged), found NaN"),
-    "accuracy-over-100": (lambda h: h[2].update(test_acc=150.0), "line 3: test_acc should be a number in [0, 100] (percent), found 150.0"),
-    "accuracy-null": (lambda h: h[0].update(train_acc=None), "line 1: train_acc should be a number in [0, 100] (percent), found null"),
+    "loss-as-text": (lambda h: h[0].update(test_loss="1.2"),
+                     'test_loss should be a number >= 0 (null only in the epoch that diverged), found "1.2"'),
+    "nan-loss": (lambda h: h[0].update(train_loss=math.nan),
+                 "line 1: train_loss should be a number >= 0 (null only in the epoch that diverged), found NaN"),
+    "accuracy-over-100": (lambda h: h[2].update(test_acc=150.0),
+                          "line 3: test_acc should be a number in [0, 100] (percent), found 150.0"),
+    "accuracy-null": (lambda h: h[0].update(train_acc=None),
+                      "line 1: train_acc should be a number in [0, 100] (percent), found null"),
     "accuracy-negative": (lambda h: h[0].update(train_acc=-1), "line 1: train_acc should be a number in [0, 100]"),
     "lr-zero": (lambda h: h[1].update(lr=0), "line 2: lr should be a number > 0, found 0"),
     "seconds-negative": (lambda h: h[1].update(seconds=-1.0), "line 2: seconds should be a number >= 0, found -1.0"),
-    "step-zero": (lambda h: h[2].update(diverged_at_step=0), "line 3: diverged_at_step should be null or an integer >= 1, found 0"),
+    "step-zero": (lambda h: h[2].update(diverged_at_step=0),
+                  "line 3: diverged_at_step should be null or an integer >= 1, found 0"),
     "step-text": (lambda h: h[2].update(diverged_at_step="12", train_loss=None),
                   'line 3: diverged_at_step should be null or an integer >= 1, found "12"'),
     "diverged-not-last": (lambda h: h[1].update(diverged_at_step=7, train_loss=None),
-                          "line 2: training diverged here (diverged_at_step 7) and stops at that epoch, yet 1 more record(s) follow"),
+                          "line 2: training diverged here (diverged_at_step 7) and stops at that epoch, "
+                          "yet 1 more record(s) follow"),
     "not-an-object": (lambda h: h.__setitem__(1, [1, 2]), "line 2: expected a JSON object with epoch, train_loss"),
     "empty": (lambda h: h.clear(), "holds no epoch"),
 }
@@ -113,7 +123,8 @@ def test_a_broken_history_is_refused_naming_line_and_field(tmp_path, change, mes
 
 UNPARSABLE = {
     "not-json": ('{"epoch": 2, "train_loss": 1.0,', "line 2: not JSON ("),
-    "nan": ('{"epoch": 2, "train_loss": NaN}', "line 2: NaN is not a number JSON allows (a loss that went non-finite is written as null)"),
+    "nan": ('{"epoch": 2, "train_loss": NaN}',
+            "line 2: NaN is not a number JSON allows (a loss that went non-finite is written as null)"),
     "infinity": ('{"epoch": 2, "train_loss": -Infinity}', "line 2: -Infinity is not a number JSON allows"),
     "blank-line": ("", "line 2: not JSON (Expecting value at column 1)"),
 }
@@ -171,10 +182,13 @@ def test_a_reference_curve_is_returned_in_epoch_order_without_extra_columns(tmp_
 
 
 BAD_CURVES = {
-    "fractions": ("epoch,test_acc\n1,0.5006\n2,0.6692\n", "every test_acc is at most 1.0 (largest 0.6692): this looks like fractions; write percent"),
+    "fractions": ("epoch,test_acc\n1,0.5006\n2,0.6692\n",
+                  "every test_acc is at most 1.0 (largest 0.6692): this looks like fractions; write percent"),
     "duplicate-epoch": ("epoch,test_acc\n1,50\n2,60\n2,61\n", "epoch 2 appears more than once (lines 3, 4)"),
-    "non-numeric-accuracy": ("epoch,test_acc\n1,50\n2,n/a\n", "test_acc should be a number in [0, 100] (percent), found 'n/a' on line 3"),
-    "empty-cell": ("epoch,test_acc\n1,50\n2,\n", "test_acc should be a number in [0, 100] (percent), found '' on line 3"),
+    "non-numeric-accuracy": ("epoch,test_acc\n1,50\n2,n/a\n",
+                             "test_acc should be a number in [0, 100] (percent), found 'n/a' on line 3"),
+    "empty-cell": ("epoch,test_acc\n1,50\n2,\n",
+                   "test_acc should be a number in [0, 100] (percent), found '' on line 3"),
     "over-100": ("epoch,test_acc\n1,50\n2,6692\n", "found '6692' on line 3"),
     "negative": ("epoch,test_acc\n1,-5\n", "found '-5' on line 2"),
     "epoch-zero": ("epoch,test_acc\n0,50\n1,60\n", "epoch should be an integer >= 1, found '0' on line 2"),
@@ -184,7 +198,8 @@ BAD_CURVES = {
     "blank-line": ("epoch,test_acc\n1,50\n\n2,60\n", "epoch should be an integer >= 1, found '' on line 3"),
     "no-rows": ("epoch,test_acc\n", "it has no rows"),
     "empty-file": ("", "cannot be read as CSV"),
-    "missing-column": ("epoch,accuracy\n1,50\n", "needs columns epoch,test_acc; missing ['test_acc'] (found ['epoch', 'accuracy'])"),
+    "missing-column": ("epoch,accuracy\n1,50\n",
+                       "needs columns epoch,test_acc; missing ['test_acc'] (found ['epoch', 'accuracy'])"),
 }
 
 

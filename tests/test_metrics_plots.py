@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from workflow_helpers import REPO
 
 from alexnet_cifar import metrics, plots
 from alexnet_cifar.atomic import atomic_path
-from workflow_helpers import REPO
 
 
 def history(accs, diverged_epoch=None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alexnet_cifar.models import MODELS, PoolToMultiple, build_model, count_parameters
+from alexnet_cifar.models import MODELS, build_model, count_parameters
 
 
 @pytest.mark.parametrize("name, params, size", [("paper", 58_322_314, 227), ("paper-lrn", 58_322_314, 227),
@@ -46,12 +46,6 @@ def test_paper_lrn_normalises_after_the_first_two_relus_as_the_paper_does():
 def test_unknown_model_names_the_choices():
     with pytest.raises(ValueError, match="unknown model 'vgg'; choose one of: paper, paper-lrn, torchvision"):
         build_model("vgg")
-
-
-@pytest.mark.parametrize("size", [6, 12, 13])
-def test_deterministic_pool_equals_adaptive_pool(size):
-    x = torch.randn(2, 4, size, size)
-    assert torch.allclose(PoolToMultiple((6, 6))(x), torch.nn.AdaptiveAvgPool2d((6, 6))(x), atol=1e-6)
 
 
 def test_deterministic_torchvision_model_computes_the_same_function():

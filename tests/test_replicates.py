@@ -8,9 +8,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from workflow_helpers import REPO
 
 from alexnet_cifar import metrics, plots, replicates, stages
-from workflow_helpers import REPO
 
 REFERENCE = REPO / "config/reference/seed_reported_accuracy.csv"
 
@@ -124,7 +124,8 @@ def test_epochs_with_no_run_left_are_left_out_and_final_is_empty_when_every_run_
                  "t": history([10.0], diverged_epoch=1)}
     out = run_summary(tmp_path, runs, histories)
     table = pd.read_csv(out["replicates.csv"])
-    assert list(zip(table["setting"], table["epoch"], table["n"])) == [("s", 1, 2)]  # no epoch 2, no row for t
+    # no epoch 2, no row for t
+    assert list(zip(table["setting"], table["epoch"], table["n"], strict=True)) == [("s", 1, 2)]
     lines = out["settings.csv"].read_text().splitlines()
     assert lines[1].endswith(",,") and lines[2].endswith(",,")  # final_mean, final_sd empty
     assert "no seed finished without diverging" in out["summary.md"].read_text()

@@ -19,8 +19,8 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,9 +30,9 @@ from PIL import Image
 from torchvision import transforms
 
 from .atomic import write_text
-from .errors import UserError
 from .config import RunSettings
 from .data import load_npz
+from .errors import UserError
 from .models import MODELS, build_model, get_spec
 
 BATCH_SIZE, LR, MOMENTUM = 4, 0.001, 0.9
@@ -294,7 +294,7 @@ def bench_markdown(frame: pd.DataFrame, *, steps: int, warmup: int) -> str:
                   f"warm-up steps; protocol_minutes = 50 epochs x {PROTOCOL_STEPS // 50:,} steps, training only."]
     speedups = []
     for model_name, rows in frame.groupby("model", sort=False):
-        ms = dict(zip(rows["loop"], rows["ms_per_step"]))
+        ms = dict(zip(rows["loop"], rows["ms_per_step"], strict=True))
         if "plain" in ms:
             others = [f"{loop} {ms['plain'] / value:.2f}x" for loop, value in ms.items() if loop != "plain"]
             if others:
@@ -328,5 +328,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     """Run the bench from ``add_parser``'s arguments and print the markdown table."""
     run_bench(args.data, args.models, args.steps, args.device, args.out, warmup=args.warmup,
-              loops=args.loops, profile_steps=args.profile, log=lambda message: print(message, file=sys.stderr, flush=True))
+              loops=args.loops, profile_steps=args.profile,
+              log=lambda message: print(message, file=sys.stderr, flush=True))
     print((Path(args.out) / "bench.md").read_text(encoding="utf-8"), end="")

@@ -19,9 +19,10 @@ import hashlib
 import itertools
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import UserError
 
@@ -59,38 +60,41 @@ def result_keys() -> list[str]:
     return ["model", *(k for k, spec in train_schema().items() if spec["defines_result"])]
 
 
+#: The train settings' defaults, as the schema gives them.
+DEFAULTS = {key: spec["default"] for key, spec in train_schema().items()}
+
+
 @dataclass(frozen=True)
 class RunSettings:
-    """One training's settings. Defaults, ranges and meanings: the schema's train settings
-    (:func:`from_mapping` fills the defaults; :func:`settings_problems` checks the ranges)."""
+    """One training's settings. Ranges and meanings: the schema's train settings, whose defaults
+    these are (:func:`settings_problems` checks values against it)."""
 
     model: str
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    seed: int
-    num_classes: int
-    deterministic: bool
-    bf16: bool
-    channels_last: bool
-    device: str
-    cuda_graph: bool
-    fused_sgd: bool
-    eval_batch_size: int
+    epochs: int = DEFAULTS["epochs"]
+    batch_size: int = DEFAULTS["batch_size"]
+    lr: float = DEFAULTS["lr"]
+    momentum: float = DEFAULTS["momentum"]
+    weight_decay: float = DEFAULTS["weight_decay"]
+    seed: int = DEFAULTS["seed"]
+    num_classes: int = DEFAULTS["num_classes"]
+    deterministic: bool = DEFAULTS["deterministic"]
+    bf16: bool = DEFAULTS["bf16"]
+    channels_last: bool = DEFAULTS["channels_last"]
+    device: str = DEFAULTS["device"]
+    cuda_graph: bool = DEFAULTS["cuda_graph"]
+    fused_sgd: bool = DEFAULTS["fused_sgd"]
+    eval_batch_size: int = DEFAULTS["eval_batch_size"]
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunSettings:
-        """The settings in ``values``, the schema's defaults for the rest."""
+        """The settings in ``values`` (a run's merged config entry), the defaults for the rest."""
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
         if "model" not in values:
             raise SettingsError(f"model: missing; choose one of: {', '.join(model_names())}")
-        defaults = {key: spec["default"] for key, spec in train_schema().items() if "default" in spec}
-        return cls(**{**defaults, **values})
+        return cls(**values)
 
     def result_params(self) -> dict[str, Any]:
         """The settings that define the result: the training rule's params."""
@@ -179,7 +183,7 @@ def expand_runs(config: Mapping[str, Any]) -> dict[str, Run]:
         # a run's own seed opts it out of the train: default seeds; seeds: in the entry opts in
         seeds = entry.pop("seeds", None if "seed" in entry else default_seeds)
         for combo in itertools.product(*sweep.values()):
-            swept = dict(zip(sweep, combo))
+            swept = dict(zip(sweep, combo, strict=True))
             setting = entry_name + "".join(f"-{key}{_label(value)}" for key, value in swept.items())
             values = {**train, **entry, **swept}
             if seeds is None:

@@ -23,20 +23,16 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable, NamedTuple
+from typing import IO, NamedTuple
 
 import numpy as np
+from numpy._core.multiarray import _reconstruct
+from numpy._core.numeric import _frombuffer
 
 from .atomic import atomic_path
 from .errors import UserError
-
-try:  # numpy >= 2
-    from numpy._core.multiarray import _reconstruct
-    from numpy._core.numeric import _frombuffer
-except ImportError:  # numpy 1.x
-    from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-    from numpy.core.numeric import _frombuffer  # type: ignore[no-redef]
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -105,7 +101,7 @@ def download(url: str | os.PathLike, dest: str | os.PathLike, md5: str, *, retri
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme in ("http", "https"):
         _fetch(url, dest, md5, retries, timeout, log)
-    elif scheme == "file" or len(scheme) <= 1:  # "" is a plain path, one letter a Windows drive
+    elif scheme in ("file", ""):  # "" is a plain path
         src = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path) if scheme == "file" else url)
         if not src.is_file():
             raise DataError(f"{src} does not exist or is not a file: check dataset.url in the config")
@@ -289,7 +285,8 @@ def _check_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray)
     def fail(problem: str) -> DataError:
         return DataError(f"{path}: {problem}: {_REPREPARE}")
     if images.dtype != np.uint8 or images.shape[1:] != (3, 32, 32):
-        raise fail(f"{split}_images should be uint8 of shape (N, 3, 32, 32), found {images.dtype} of shape {images.shape}")
+        raise fail(f"{split}_images should be uint8 of shape (N, 3, 32, 32), "
+                   f"found {images.dtype} of shape {images.shape}")
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise fail(f"{split}_labels should be integers of shape (N,), found {labels.dtype} of shape {labels.shape}")
     if len(labels) != len(images):
@@ -343,18 +340,18 @@ def _check_members(members: list[tarfile.TarInfo]) -> dict[str, tarfile.TarInfo]
         name = posixpath.normpath(m.name)
         if name == ".." or name.startswith("../"):
             raise DataError(f"archive member {m.name!r} would land outside the archive's folder: {_REFETCH}")
-        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4; catches what is special to the platform
-            try:
-                tarfile.data_filter(m, "/cifar10-archive-root")
-            except tarfile.FilterError as e:
-                raise DataError(f"archive member {m.name!r} is unsafe ({e}): {_REFETCH}") from None
+        try:  # catches what is special to the platform
+            tarfile.data_filter(m, "/cifar10-archive-root")
+        except tarfile.FilterError as e:
+            raise DataError(f"archive member {m.name!r} is unsafe ({e}): {_REFETCH}") from None
         if name in found:
             raise DataError(f"archive holds {m.name!r} twice: {_REFETCH}")
         found[name] = m
     for batch in (*TRAIN_BATCHES, TEST_BATCH, META):
         member = found.get(f"{BATCH_DIR}/{batch}")
         if member is None or not member.isreg():
-            raise DataError(f"archive has no file {BATCH_DIR}/{batch}: it is not the CIFAR-10 python archive; {_REFETCH}")
+            raise DataError(f"archive has no file {BATCH_DIR}/{batch}: it is not the CIFAR-10 python archive; "
+                            f"{_REFETCH}")
     return found
 
 
@@ -370,7 +367,8 @@ class _BatchUnpickler(pickle.Unpickler):
             return _SAFE_GLOBALS[(module, name)]
         except KeyError:
             raise DataError(f"refusing to unpickle {module}.{name} from {self.member}: CIFAR-10 batches hold only "
-                            f"numpy arrays, lists and strings, so this archive is not the official one; {_REFETCH}") from None
+                            f"numpy arrays, lists and strings, so this archive is not the official one; "
+                            f"{_REFETCH}") from None
 
 
 def _unpickle(payload: bytes, member: str) -> object:
@@ -399,7 +397,8 @@ def _check_meta(meta: object) -> None:
 def _check_batch(batch: object, member: str) -> tuple[np.ndarray, np.ndarray]:
     """Return (data uint8 (N, 3072), labels int64 (N,)) from one unpickled batch."""
     if not isinstance(batch, dict):
-        raise DataError(f"{member} holds a {type(batch).__name__}, expected a dict with 'data' and 'labels': {_REFETCH}")
+        raise DataError(f"{member} holds a {type(batch).__name__}, expected a dict with 'data' and 'labels': "
+                        f"{_REFETCH}")
     batch = {_latin1(k): v for k, v in batch.items()}
     for key in ("data", "labels"):
         if key not in batch:

@@ -11,15 +11,17 @@ import fcntl
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, IO
-
-import torch
+from typing import IO, TYPE_CHECKING
 
 from .errors import UserError
 
-# Measured on a 2-core CPU (2 threads), one SGD step at batch 4 (see the project's FINDINGS).
-CPU_SECONDS_PER_STEP = {"paper": 1.7, "torchvision": 1.45}
+if TYPE_CHECKING:  # imported where it is used: claiming a GPU needs no torch
+    import torch
+
+# One SGD step at batch 4 on a 2-core CPU, 2 threads (docs/cpu/README.md: command, machine, torch).
+CPU_SECONDS_PER_STEP = {"paper": 0.84, "paper-lrn": 0.81, "torchvision": 0.62}
 
 _held_locks: list[IO] = []  # open lock files: closing them would release the GPU
 
@@ -29,7 +31,8 @@ class DeviceError(UserError, RuntimeError):
 
 
 def default_lock_dir() -> Path:
-    return Path(os.environ.get("ALEXNET_CIFAR_GPU_LOCK_DIR") or Path(tempfile.gettempdir()) / f"alexnet_cifar-gpu-locks-{os.getuid()}")
+    default = Path(tempfile.gettempdir()) / f"alexnet_cifar-gpu-locks-{os.getuid()}"
+    return Path(os.environ.get("ALEXNET_CIFAR_GPU_LOCK_DIR") or default)
 
 
 def claim_gpu(count: int, lock_dir: Path | None = None, *, wait_seconds: float = 0.0,
@@ -66,12 +69,14 @@ def claim_gpu(count: int, lock_dir: Path | None = None, *, wait_seconds: float =
 
 def estimate_cpu_days(model: str, epochs: int, train_images: int, batch_size: int) -> float:
     steps = epochs * -(-train_images // batch_size)
-    return steps * CPU_SECONDS_PER_STEP.get(model, 1.7) * batch_size / 4 / 86400
+    return steps * CPU_SECONDS_PER_STEP[model] * batch_size / 4 / 86400
 
 
 def resolve_device(requested: str, *, model: str, epochs: int, train_images: int, batch_size: int,
                    log: Callable[[str], None] = lambda _: None) -> torch.device:
     """``auto`` means a CUDA GPU; without one it refuses rather than silently training for weeks."""
+    import torch
+
     if requested == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():

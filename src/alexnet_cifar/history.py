@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .atomic import write_text
 from .errors import UserError
-
 
 HISTORY_FILE = "history.jsonl"
 
@@ -68,7 +67,8 @@ def validate_history(records: list[dict], source: str) -> list[dict]:
             raise fail(line, f"missing field(s) {', '.join(missing)}")
         unknown = [k for k in record if k not in _RULES]
         if unknown:
-            raise fail(line, f"unknown field(s) {', '.join(map(str, unknown))}; a record has exactly {', '.join(FIELDS)}")
+            raise fail(line, f"unknown field(s) {', '.join(map(str, unknown))}; "
+                             f"a record has exactly {', '.join(FIELDS)}")
         diverged = record["diverged_at_step"] is not None
         for field, (ok, expected) in _RULES.items():
             value = record[field]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import pandas as pd
 
@@ -113,7 +113,8 @@ def read_reference(path: str | os.PathLike) -> pd.DataFrame:
     repeated = epoch[epoch.duplicated()]
     if len(repeated):
         raise fail(f"epoch {int(repeated.iloc[0])} appears more than once (lines "
-                   f"{', '.join(str(n) for n in line[(epoch == repeated.iloc[0]).to_numpy()])}); give each epoch one row")
+                   f"{', '.join(str(n) for n in line[(epoch == repeated.iloc[0]).to_numpy()])}); "
+                   "give each epoch one row")
     if (acc <= 1.0).all():
         raise fail(f"every test_acc is at most 1.0 (largest {acc.max():g}): this looks like fractions; "
                    "write percent (multiply by 100)")
@@ -140,7 +141,7 @@ def summary_markdown(runs: dict[str, pd.DataFrame], facts_by_run: dict[str, dict
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, frame, facts in ([("reported", reference, ref_facts)]
                                + [(run, runs[run], facts_by_run[run]) for run in runs]):
-        acc = dict(zip(frame["epoch"], frame["test_acc"]))
+        acc = dict(zip(frame["epoch"], frame["test_acc"], strict=True))
         seconds = facts["train_seconds"]
         cells = [name, _fmt(facts["peak_test_acc"]), _fmt(facts["peak_epoch"]), _fmt(facts["final_test_acc"])]
         cells += [_fmt(float(acc[e])) if e in acc else "–" for e in CHECKPOINT_EPOCHS]

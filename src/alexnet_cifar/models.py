@@ -9,11 +9,10 @@
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -74,33 +73,12 @@ class PaperAlexNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-class PoolToMultiple(nn.Module):
-    """Drop-in for ``nn.AdaptiveAvgPool2d`` with a deterministic CUDA backward.
-
-    PyTorch has no deterministic CUDA kernel for the backward of adaptive average pooling. When the
-    input is an exact multiple of the output size (224x224 input gives 6x6 features, so the pool is
-    the identity), adaptive pooling is a plain ``avg_pool2d`` with kernel = stride = input/output,
-    whose backward is deterministic. Other sizes fall back to the adaptive op (and PyTorch's own
-    determinism check then reports it).
-    """
-
-    def __init__(self, output_size: tuple[int, int]) -> None:
-        super().__init__()
-        self.output_size = tuple(output_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (h, w), (oh, ow) = x.shape[-2:], self.output_size
-        if (h, w) == (oh, ow):
-            return x
-        if h % oh == 0 and w % ow == 0:
-            return F.avg_pool2d(x, kernel_size=(h // oh, w // ow))
-        return F.adaptive_avg_pool2d(x, self.output_size)
-
-
 def torchvision_alexnet(num_classes: int = 10, deterministic: bool = False) -> nn.Module:
     model = torchvision.models.alexnet(weights=None, num_classes=num_classes)
     if deterministic:
-        model.avgpool = PoolToMultiple(model.avgpool.output_size)
+        # At its 224x224 input the features are already 6x6, where the adaptive average pool is
+        # the identity; PyTorch has no deterministic CUDA kernel for that pool's backward.
+        model.avgpool = nn.Identity()
     return model
 
 

@@ -96,7 +96,7 @@ def replicates_figure(stats: pd.DataFrame, settings: pd.DataFrame, reference: pd
     columns = max(1, min(columns, len(settings)))
     rows = max(1, math.ceil(len(settings) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.5 * rows), sharey=True, squeeze=False)
-    for ax, setting in zip(axes.flat, settings.to_dict("records")):
+    for ax, setting in zip(axes.flat, settings.to_dict("records"), strict=False):  # more axes than settings
         curve = stats[stats["setting"] == setting["setting"]].sort_values("epoch")
         ax.plot(reference["epoch"], reference["test_acc"], linestyle="--", color="gray", label=reference_label)
         if len(curve):
@@ -142,11 +142,11 @@ def sweep_figure(outcomes: pd.DataFrame, settings: pd.DataFrame, swept_keys: lis
         raise ValueError("the sweep figure needs at least one swept key")
     fig, axes = plt.subplots(1, len(swept_keys), figsize=(6 * len(swept_keys), 4.5), sharey=True, squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, key in zip(axes[0], swept_keys):
+    for ax, key in zip(axes[0], swept_keys, strict=True):
         others = [k for k in swept_keys if k != key]
         for index, (group, means) in enumerate(settings.groupby(["model", *others], sort=False)):
             color = colors[index % len(colors)]
-            label = ", ".join([str(group[0])] + [f"{k} {_value(v)}" for k, v in zip(others, group[1:])])
+            label = ", ".join([str(group[0])] + [f"{k} {_value(v)}" for k, v in zip(others, group[1:], strict=True)])
             means = means.sort_values(key)
             ax.plot(means[key], means["peak_mean"], color=color, marker="_", markersize=16, markeredgewidth=2,
                     label=label)

@@ -28,7 +28,7 @@ def git_commit(start: Path | None = None) -> str | None:
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def provenance(settings: RunSettings, device: torch.device, *, data_md5: str, started: str,

@@ -8,13 +8,13 @@ run table in as ``runs: {run: {"setting", "seed", "model", "swept": {key: value}
 A run that diverged counts in the per-epoch statistics only for the epochs it completed before the
 one in which it diverged: the accuracy measured after a non-finite update says nothing about the
 setting's curve. Its peak (from its facts, which count the same epochs) still counts in the
-setting's peak statistics, and it is left out of the final accuracy. Standard deviations are sample ones (ddof=1), missing (an empty
-CSV cell) where n = 1.
+setting's peak statistics, and it is left out of the final accuracy. Standard deviations are
+sample ones (ddof=1), missing (an empty CSV cell) where n = 1.
 """
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
@@ -203,7 +203,8 @@ def setting_section(setting: str, settings_row: Mapping, outcomes: pd.DataFrame,
 
     finished = outcomes[~outcomes["diverged"]]
     falls = finished["peak_test_acc"] - finished["final_test_acc"]
-    fell = finished[[_dropped(p, f) for p, f in zip(finished["peak_test_acc"], finished["final_test_acc"])]]
+    fell = finished[[_dropped(p, f)
+                     for p, f in zip(finished["peak_test_acc"], finished["final_test_acc"], strict=True)]]
     if finished.empty:
         answer = "no seed finished without diverging"
     elif fell.empty:

@@ -11,8 +11,8 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 from .errors import UserError
 
@@ -53,8 +53,9 @@ def job(log_path: str | os.PathLike | None) -> Iterator[logging.Logger]:
     """:func:`logging_to` for one job (a workflow script), which also writes why it failed into its log.
 
     A user's error (:class:`~alexnet_cifar.errors.UserError`, or an ``OSError``, which names its
-    file) is logged as ``error: <message>`` and ends the process with status 1, with no traceback. Anything else is a bug: logged with its traceback, and raised
-    on. ``SystemExit`` (a training stopped by a signal) and ``KeyboardInterrupt`` pass unchanged.
+    file) is logged as ``error: <message>`` and ends the process with status 1, with no traceback.
+    Anything else is a bug: logged with its traceback, and raised on. ``SystemExit`` (a training
+    stopped by a signal) and ``KeyboardInterrupt`` pass unchanged.
     """
     with logging_to(log_path) as logger:
         try:
@@ -133,7 +134,8 @@ def train(settings, data_path, out_dir, *, threads: int | None = None, on_epoch=
 
 def run_metrics(history_path, csv_path, facts_path) -> None:
     """A run's per-epoch CSV and its key facts (peak, final accuracy, divergence) from its history."""
-    from . import history as histories, metrics
+    from . import history as histories
+    from . import metrics
 
     history = histories.read_history(history_path)
     metrics.write_csv(metrics.history_frame(history), csv_path)

@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             graph = train(model, data, args.epochs, device, **options)
             checks = [{"epoch": g["epoch"],
                        "loss_rel_diff": abs(g["train_loss"] - e["train_loss"]) / abs(e["train_loss"]),
-                       "acc_diff_points": abs(g["test_acc"] - e["test_acc"])} for g, e in zip(graph, eager)]
+                       "acc_diff_points": abs(g["test_acc"] - e["test_acc"])}
+                      for g, e in zip(graph, eager, strict=True)]
             passed = all(c["loss_rel_diff"] <= 0.01 and c["acc_diff_points"] <= 1.0 for c in checks)
             ok &= passed
             report[model][variant] = {"records": graph, "checks": checks, "passed": passed}

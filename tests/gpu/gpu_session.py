@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alexnet_cifar import bench, config, data, stages
+from alexnet_cifar import bench, config, data, provenance, stages
 from alexnet_cifar.atomic import write_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ PARTS = (1, 2, 3, 4, 5)
 #: seconds a part needs at least on an H100 (measured on the H200: README, "Speed"); a part that
 #: does not fit in the time left is skipped, not started
 NEEDS = {1: 90, 2: 120, 3: 180, 4: 150, 5: 60}
-MARGIN_S = 15  # kept free at the end: writing the last files
+MARGIN_S = 15  # kept free at the end: writing the last files (the tiny dry run needs 5)
 
 
 class Session:
@@ -114,7 +114,8 @@ class Session:
     def train(self, settings, npz: Path, out_dir: Path, on_epoch=None) -> dict:
         """``stages.train`` as the train rule calls it, stopped by SIGTERM (as SLURM stops a job)
         when the deadline comes; a stopped run keeps its checkpoint for the next call."""
-        timer = threading.Timer(max(1.0, self.left() - MARGIN_S), os.kill, (os.getpid(), signal.SIGTERM))
+        margin = 5 if self.args.tiny else MARGIN_S
+        timer = threading.Timer(max(1.0, self.left() - margin), os.kill, (os.getpid(), signal.SIGTERM))
         timer.start()
         try:
             history = stages.train(settings, npz, out_dir, on_epoch=on_epoch)
@@ -184,10 +185,9 @@ class Session:
 
 def machine(device: torch.device) -> dict:
     cuda = device.type == "cuda"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     return {"device": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-            "git_commit": commit or None, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            "git_commit": provenance.git_commit(REPO), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

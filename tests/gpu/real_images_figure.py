@@ -43,8 +43,8 @@ def main() -> None:
     png = out / f"real-images-{epochs}-epochs-{args.device_tag}.png"
     plots.plot_comparison(runs, reference, [png], reference_label=f"reported, epochs 1-{epochs}")
 
-    accuracy = {"reported": dict(zip(reference["epoch"], reference["test_acc"]))}
-    accuracy |= {run: dict(zip(frame["epoch"], frame["test_acc"])) for run, frame in runs.items()}
+    accuracy = {"reported": dict(zip(reference["epoch"], reference["test_acc"], strict=True))}
+    accuracy |= {run: dict(zip(frame["epoch"], frame["test_acc"], strict=True)) for run, frame in runs.items()}
     print("| epoch | " + " | ".join(map(str, range(1, epochs + 1))) + " |")
     print("| --- |" + " --- |" * epochs)
     for name, by_epoch in accuracy.items():

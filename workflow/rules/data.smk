@@ -9,12 +9,12 @@ localrules:
 rule download:
     output:
         f"{DATADIR}/cifar-10-python.tar.gz",
-    params:
-        md5=config["dataset"]["md5"],
     log:
         f"{OUTDIR}/logs/download.log",
     conda:
         ENV
+    params:
+        md5=config["dataset"]["md5"],
     script:
         "../scripts/download.py"
 
@@ -24,15 +24,15 @@ rule prepare:
         rules.download.output,
     output:
         f"{DATADIR}/cifar10.npz",
-    params:
-        md5=config["dataset"]["md5"],
-        limit_train=config["dataset"].get("limit_train"),
-        limit_test=config["dataset"].get("limit_test"),
     log:
         f"{OUTDIR}/logs/prepare.log",
     benchmark:
         f"{OUTDIR}/benchmarks/prepare.tsv"
     conda:
         ENV
+    params:
+        md5=config["dataset"]["md5"],
+        limit_train=config["dataset"].get("limit_train"),
+        limit_test=config["dataset"].get("limit_test"),
     script:
         "../scripts/prepare.py"

@@ -23,13 +23,13 @@ rule run_figure:
             subcategory="{run}",
             labels={"run": "{run}", "figure": "test accuracy"},
         ),
-    params:
-        title=figure_title,
-        settings=result_params,
     log:
         f"{OUTDIR}/logs/figures/{{run}}.log",
     conda:
         ENV
+    params:
+        title=figure_title,
+        settings=result_params,
     script:
         "../scripts/run_figure.py"
 
@@ -47,12 +47,12 @@ rule comparison_figure:
             subcategory="all runs",
             labels={"run": "all runs", "figure": "comparison"},
         ),
-    params:
-        runs=list(RUNS),
     log:
         f"{OUTDIR}/logs/figures/comparison.log",
     conda:
         ENV
+    params:
+        runs=list(RUNS),
     script:
         "../scripts/comparison_figure.py"
 
@@ -71,12 +71,12 @@ rule replicates_figure:
             subcategory="seeds",
             labels={"run": "all settings", "figure": "replicates"},
         ),
-    params:
-        runs=run_table(),
     log:
         f"{OUTDIR}/logs/figures/replicates.log",
     conda:
         ENV
+    params:
+        runs=run_table(),
     script:
         "../scripts/replicates_figure.py"
 
@@ -93,12 +93,12 @@ rule sweep_figure:
             subcategory="sweep",
             labels={"run": "all settings", "figure": "sweep"},
         ),
-    params:
-        runs=run_table(),
-        swept_keys=SWEPT_KEYS,
     log:
         f"{OUTDIR}/logs/figures/sweep.log",
     conda:
         ENV
+    params:
+        runs=run_table(),
+        swept_keys=SWEPT_KEYS,
     script:
         "../scripts/sweep_figure.py"

@@ -39,12 +39,12 @@ rule summary:
             caption="../report/settings.rst",
             category="Summary",
         ),
-    params:
-        runs=run_table(),
-        swept_keys=SWEPT_KEYS,
     log:
         f"{OUTDIR}/logs/metrics/summary.log",
     conda:
         ENV
+    params:
+        runs=run_table(),
+        swept_keys=SWEPT_KEYS,
     script:
         "../scripts/summary.py"

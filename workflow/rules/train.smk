@@ -9,16 +9,16 @@ rule train:
         history=f"{OUTDIR}/runs/{{run}}/history.jsonl",
         model=f"{OUTDIR}/runs/{{run}}/model.pt",
         provenance=f"{OUTDIR}/runs/{{run}}/run.json",
-    params:
-        settings=result_params,
     log:
         f"{OUTDIR}/logs/train/{{run}}.log",
     benchmark:
         f"{OUTDIR}/benchmarks/train/{{run}}.tsv"
+    conda:
+        ENV
     threads: 2
     resources:
         gpu=1,
-    conda:
-        ENV
+    params:
+        settings=result_params,
     script:
         "../scripts/train.py"

@@ -1,4 +1,5 @@
 import package_path  # noqa: F401
+
 from alexnet_cifar import stages
 
 with stages.job(snakemake.log[0]):

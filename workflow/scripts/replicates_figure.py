@@ -1,7 +1,9 @@
 import package_path  # noqa: F401
+
 from alexnet_cifar import stages
 
 runs = snakemake.params.runs
 with stages.job(snakemake.log[0]):
-    stages.replicates_figure(runs, dict(zip(runs, snakemake.input.csv)), dict(zip(runs, snakemake.input.facts)),
+    stages.replicates_figure(runs, dict(zip(runs, snakemake.input.csv, strict=True)),
+                             dict(zip(runs, snakemake.input.facts, strict=True)),
                              snakemake.input.reference, snakemake.output.png)

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import package_path  # noqa: F401
+
 from alexnet_cifar import stages
 from alexnet_cifar.config import resolve_run
 
