@@ -299,3 +299,32 @@ def test_the_summary_refuses_paths_for_other_runs(tmp_path):
         stages.summary({"a": entry("a", 0), "b": entry("b", 0)}, facts_paths, csv_paths, REFERENCE, [],
                        *(tmp_path / name for name in ("s.csv", "s.md", "r.csv", "t.csv")))
     assert not (tmp_path / "s.csv").exists()
+
+
+# -- the same stages from the command line --------------------------------------------------------
+
+def test_the_cli_reads_the_runs_from_the_workflow_s_config_files(tmp_path, capsys):
+    """``summary``, ``compare``, ``replicates`` and ``sweep`` take the run names, seeds and swept
+    values from the config files, as the workflow does, and the metrics from a folder."""
+    from alexnet_cifar import cli
+
+    (tmp_path / "c.yaml").write_text("train: {seeds: 2}\nsweep: {lr: [0.001, 0.01]}\n"
+                                     "runs: {tv: {model: torchvision}}\n"
+                                     f"reference_curve: {REFERENCE}\n")
+    (tmp_path / "base.yaml").write_text("runs: {tv: {model: torchvision}}\n")
+    names = [f"tv-lr{lr}-seed{seed}" for lr in ("0.001", "0.01") for seed in (0, 1)]
+    write_runs(tmp_path / "metrics", {run: history([40.0 + i, 50.0 + i]) for i, run in enumerate(names)})
+    configs = ["--config", str(tmp_path / "base.yaml"), "--config", str(tmp_path / "c.yaml")]
+    metrics_dir = ["--metrics", str(tmp_path / "metrics")]
+    assert cli.main(["summary", *configs, *metrics_dir, "--out", str(tmp_path / "tables")]) == 0
+    settings = pd.read_csv(tmp_path / "tables/settings.csv")
+    assert list(settings["setting"]) == ["tv-lr0.001", "tv-lr0.01"] and list(settings["lr"]) == [0.001, 0.01]
+    assert settings["peak_mean"].tolist() == [50.5, 52.5]
+    for command in ("compare", "replicates", "sweep"):
+        png = tmp_path / "figures" / f"{command}.png"
+        assert cli.main([command, *configs, *metrics_dir, "--out", str(png)]) == 0
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.with_suffix(".svg").exists()
+    # without a sweep there is no sweep figure: one line, exit status 1
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["sweep", "--config", str(tmp_path / "base.yaml"), *metrics_dir, "--out", str(tmp_path / "s.png")])
+    assert stopped.value.code == 1 and "the configs set no sweep" in capsys.readouterr().err
