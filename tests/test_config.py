@@ -110,7 +110,9 @@ def test_seeds_cross_the_sweep_in_the_order_given():
     ({"runs": {"paper": {"model": "paper", "seed": 1, "seeds": [1, 2]}}}, "runs.paper: has both seed and seeds"),
     ({"runs": {"x": {"model": "paper", "seeds": [1]}, "x-seed1": {"model": "paper"}}},
      "runs.x-seed1: expands to run 'x-seed1', as runs.x does"),
-    ({"train": {"seeds": [1, 1]}}, "train.seeds: [1, 1] is not valid"),
+    ({"train": {"seeds": [1, 1]}}, "train.seeds: [1, 1] is not allowed: Replicates"),
+    ({"train": {"seeds": 0}}, "train.seeds: 0 is not allowed: Replicates, one training each"),
+    ({"sweep": {"model": ["paper"]}}, "sweep.model: a run entry names its model"),
     ({"train": {"momentum": 1.5}}, "train.momentum: 1.5 is greater than or equal to the maximum of 1"),
     ({"train": {"num_classes": 5}}, "train.num_classes: 5 is less than the minimum of 10"),
     ({"train": {"seed": -1}}, "train.seed: -1 is less than the minimum of 0"),
@@ -118,6 +120,11 @@ def test_seeds_cross_the_sweep_in_the_order_given():
 def test_config_problems_name_the_key(change, expected):
     problems = config_problems(full(change))
     assert any(expected in problem for problem in problems), problems
+
+
+def test_a_problem_is_named_once():
+    problems = config_problems(full({"runs": {"x": None}}))
+    assert problems == ["runs.x: None is not of type 'object'"]
 
 
 def test_the_shipped_configs_are_valid_and_plan_their_trainings():

@@ -233,7 +233,9 @@ def _sweep_problems(sweep: Mapping[str, Any]) -> list[str]:
         if key == "seed":
             problems.append("sweep.seed: seeds are not swept; give seeds: (a list, or a count N for 0..N-1) "
                             "under train: or in a run entry")
-        elif key not in train_schema() and key != "model":
+        elif key == "model":
+            problems.append("sweep.model: a run entry names its model; give one entry per model under runs:")
+        elif key not in train_schema():
             problems.append(f"sweep.{key}: unknown setting; sweepable: {', '.join(sweepable)}")
         elif key not in sweepable:
             problems.append(f"sweep.{key}: does not define a result (it says where or how fast a run is "
@@ -277,9 +279,11 @@ def _schema_problems(instance: Any, node: Mapping[str, Any]) -> list[str]:
         elif error.validator == "enum":
             problems.append(f"{where}: {error.instance!r} is not allowed; allowed values: "
                             f"{', '.join(map(str, error.validator_value))}")
+        elif error.validator == "oneOf" and "description" in error.schema:  # say what the forms are
+            problems.append(f"{where}: {error.instance!r} is not allowed: {error.schema['description']}")
         else:
             problems.append(f"{where}: {error.message}")
-    return problems
+    return list(dict.fromkeys(problems))  # allOf can report one error twice
 
 
 def check_config(config: Mapping[str, Any]) -> None:
