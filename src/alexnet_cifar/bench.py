@@ -80,7 +80,7 @@ def resolve_device(requested: str) -> torch.device:
         raise BenchError(f"device {requested}: no CUDA GPU is available; use --device cpu or auto")
     device = torch.device(requested)
     index = torch.cuda.current_device() if device.index is None else device.index
-    torch.cuda.set_device(index)  # the engine's warm-up stream and graph use the current device
+    torch.cuda.set_device(index)  # the bench's cache clean-up between rows acts on the current device
     return torch.device("cuda", index)
 
 

@@ -167,7 +167,8 @@ def _seed_list(seeds: int | list[int]) -> list[int]:
     return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
 
 
-def _label(value: Any) -> str:
+def value_label(value: Any) -> str:
+    """A swept value as run names, tables and figures write it: 0.001 (not 0.0010000), true."""
     return str(value).lower() if isinstance(value, bool) else format(value, "g")
 
 
@@ -184,7 +185,7 @@ def expand_runs(config: Mapping[str, Any]) -> dict[str, Run]:
         seeds = entry.pop("seeds", None if "seed" in entry else default_seeds)
         for combo in itertools.product(*sweep.values()):
             swept = dict(zip(sweep, combo, strict=True))
-            setting = entry_name + "".join(f"-{key}{_label(value)}" for key, value in swept.items())
+            setting = entry_name + "".join(f"-{key}{value_label(value)}" for key, value in swept.items())
             values = {**train, **entry, **swept}
             if seeds is None:
                 runs[setting] = Run(setting, setting, swept, values)

@@ -16,6 +16,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
+from .config import value_label  # noqa: E402
 
 
 def save(fig, paths) -> None:
@@ -129,10 +130,6 @@ def plot_replicates(stats: pd.DataFrame, settings: pd.DataFrame, reference: pd.D
 LOG_KEYS = ("lr",)
 
 
-def _value(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def sweep_figure(outcomes: pd.DataFrame, settings: pd.DataFrame, swept_keys: list[str]):
     """Peak test accuracy against each swept key, one panel per key: per line (a model and a
     combination of the other swept keys' values) the mean over seeds, and each seed as a point,
@@ -146,7 +143,8 @@ def sweep_figure(outcomes: pd.DataFrame, settings: pd.DataFrame, swept_keys: lis
         others = [k for k in swept_keys if k != key]
         for index, (group, means) in enumerate(settings.groupby(["model", *others], sort=False)):
             color = colors[index % len(colors)]
-            label = ", ".join([str(group[0])] + [f"{k} {_value(v)}" for k, v in zip(others, group[1:], strict=True)])
+            others_values = [f"{k} {value_label(v)}" for k, v in zip(others, group[1:], strict=True)]
+            label = ", ".join([str(group[0]), *others_values])
             means = means.sort_values(key)
             ax.plot(means[key], means["peak_mean"], color=color, marker="_", markersize=16, markeredgewidth=2,
                     label=label)
@@ -163,7 +161,7 @@ def sweep_figure(outcomes: pd.DataFrame, settings: pd.DataFrame, swept_keys: lis
             ax.set_xlabel(f"{key} (log scale)")
         else:
             ax.set_xlabel(key)
-        ax.set_xticks(values, [_value(v) for v in values])
+        ax.set_xticks(values, [value_label(v) for v in values])
         ax.set_ylim(0, 100)
         ax.grid(True, alpha=0.3)
         ax.set_title(f"Peak test accuracy against {key}")

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
+from .config import value_label
 from .errors import UserError
 
 RUN_COLUMNS = ["run", "setting", "seed", "model"]
@@ -140,11 +141,6 @@ def setting_stats(table: pd.DataFrame, facts: Mapping[str, Mapping],
     return stats.astype({"n_seeds": int, "n_diverged": int})[by_setting + SETTINGS_STATS]
 
 
-def _value(value) -> str:
-    """A swept value as a person writes it: 0.001, not 0.0010000."""
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def _pct(value: float) -> str:
     return f"{value:.2f} %"
 
@@ -173,7 +169,7 @@ def setting_section(setting: str, settings_row: Mapping, outcomes: pd.DataFrame,
     epochs at which the reported curve lies within the seeds' range, and which seeds fall 10 points
     or more from their peak by their last epoch."""
     n = int(settings_row["n_seeds"])
-    described = [f"model {settings_row['model']}"] + [f"{key} {_value(settings_row[key])}" for key in swept_keys]
+    described = [f"model {settings_row['model']}"] + [f"{key} {value_label(settings_row[key])}" for key in swept_keys]
     counted = f"{n} seed{'s' if n != 1 else ''}" + (f", {settings_row['n_diverged']} diverged"
                                                      if settings_row["n_diverged"] else "")
     lines = [f"### {setting} ({', '.join(described)}; {counted})", ""]
