@@ -142,20 +142,16 @@ def run_metrics(history_path, csv_path, facts_path) -> None:
     metrics.write_json(metrics.run_facts(history), facts_path)
 
 
-def _check_runs(runs: Mapping[str, Mapping], **paths_by_run: Mapping[str, str]) -> None:
-    """Every input mapping names exactly the runs of the run table (a wiring bug otherwise)."""
-    for what, paths in paths_by_run.items():
-        if set(paths) != set(runs):
-            raise ValueError(f"{what} names runs {sorted(paths)}, the run table {sorted(runs)}")
-
-
 def _read_runs(runs: Mapping[str, Mapping], facts_paths: Mapping[str, str], csv_paths: Mapping[str, str] | None = None):
-    """(facts by run, per-epoch frames by run or None), in the run table's order."""
+    """(facts by run, per-epoch frames by run or None), in the run table's order. Each mapping must
+    name exactly the run table's runs (a wiring bug otherwise)."""
     import pandas as pd
 
     from . import metrics
 
-    _check_runs(runs, facts_paths=facts_paths, **({"csv_paths": csv_paths} if csv_paths is not None else {}))
+    for what, paths in (("facts_paths", facts_paths), ("csv_paths", csv_paths)):
+        if paths is not None and set(paths) != set(runs):
+            raise ValueError(f"{what} names runs {sorted(paths)}, the run table {sorted(runs)}")
     facts = {run: metrics.read_json(facts_paths[run]) for run in runs}
     curves = None if csv_paths is None else {run: pd.read_csv(csv_paths[run]) for run in runs}
     return facts, curves
