@@ -8,7 +8,7 @@ from snakemake.utils import min_version, validate
 min_version("8.0")
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 # Both torch-free: building the job graph (a dry run, a cluster's login node) never imports torch.
-from alexnet_cifar.config import config_problems  # noqa: E402
+from alexnet_cifar.config import SettingsError, check_config  # noqa: E402
 from alexnet_cifar.metrics import CurveError, read_reference  # noqa: E402
 
 
@@ -17,9 +17,10 @@ configfile: "config/config.yaml"
 
 # Our check words each problem for people, naming the key, and covers what the schema cannot
 # express (sweep keys, seeds, run names); it stops here with one line per problem, no traceback.
-problems = config_problems(config)
-if problems:
-    sys.exit("invalid configuration (see config/README.md):\n  " + "\n  ".join(problems))
+try:
+    check_config(config)
+except SettingsError as error:
+    sys.exit(str(error))
 
 
 validate(config, "workflow/schemas/config.schema.yaml")  # fills in the defaults
