@@ -293,10 +293,18 @@ def _check_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray)
         raise fail(f"{split}_labels has {len(labels)} labels for {len(images)} images in {split}_images")
     if len(labels) == 0:
         raise fail(f"the {split} split is empty")
-    bad = np.flatnonzero((labels < 0) | (labels > 9))
-    if bad.size:
-        raise fail(f"{split}_labels must be 0..9, found {labels[bad[0]]} at index {bad[0]} ({bad.size} out of range)")
+    problem = _label_problem(labels)
+    if problem:
+        raise fail(f"{split}_labels {problem}")
     return labels.astype(np.int64)
+
+
+def _label_problem(labels: np.ndarray) -> str | None:
+    """Where integer labels leave the class indexes 0..9, in words; None when none does."""
+    bad = np.flatnonzero((labels < 0) | (labels >= len(CLASSES)))
+    if not bad.size:
+        return None
+    return f"must be 0..{len(CLASSES) - 1}, found {labels[bad[0]]} at index {bad[0]} ({bad.size} out of range)"
 
 
 def _read_batches(archive: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -416,8 +424,7 @@ def _check_batch(batch: object, member: str) -> tuple[np.ndarray, np.ndarray]:
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(data):
         raise DataError(f"{member}: 'labels' should be {len(data)} ints (one per image), found "
                         f"{labels.dtype} array of shape {labels.shape}: {_REFETCH}")
-    bad = np.flatnonzero((labels < 0) | (labels > 9))
-    if bad.size:
-        raise DataError(f"{member}: labels must be 0..9, found {labels[bad[0]]} at index {bad[0]} "
-                        f"({bad.size} out of range): {_REFETCH}")
+    problem = _label_problem(labels)
+    if problem:
+        raise DataError(f"{member}: labels {problem}: {_REFETCH}")
     return data, labels.astype(np.int64)
