@@ -68,7 +68,7 @@ class Session:
     # -- data ---------------------------------------------------------------------------
     def data(self) -> Path:
         """The prepared npz in the work folder, built once from the real images (or --archive)."""
-        npz = self.work / "cifar10.npz"
+        npz = self.work / ("cifar10-tiny.npz" if self.args.tiny else "cifar10.npz")  # never mixed up
         if npz.exists():
             return npz
         archive = Path(self.args.archive) if self.args.archive else self.work / "cifar-10-python.tar.gz"
