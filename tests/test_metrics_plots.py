@@ -67,12 +67,17 @@ def test_peak_label_sits_over_the_peak_epoch():
     plt.close(captured["fig"])
 
 
-def test_comparison_draws_the_reference_dashed(tmp_path):
+def test_comparison_draws_the_reference_dashed_and_each_run_s_own_peak(tmp_path):
+    """The legend's peak is the run's facts': a run that diverged in epoch 1 has none, although
+    its diverged epoch measured 70 %."""
     reference = metrics.read_reference(REPO / "config/reference/seed_reported_accuracy.csv")
-    runs = {"paper": metrics.history_frame(history([50.0, 60.0]))}
-    plots.plot_comparison(runs, reference, plots.figure_paths(tmp_path / "c.png"))
+    histories = {"paper": history([50.0, 60.0]), "blowup": history([70.0], diverged_epoch=1)}
+    runs = {run: metrics.history_frame(h) for run, h in histories.items()}
+    facts = {run: metrics.run_facts(h) for run, h in histories.items()}
+    plots.plot_comparison(runs, facts, reference, plots.figure_paths(tmp_path / "c.png"))
     svg = (tmp_path / "c.svg").read_text()
     assert "reported (peak 81.47 %)" in svg and "Training loss" in svg
+    assert "paper (peak 60.00 %)" in svg and "blowup (no peak)" in svg and "70.00" not in svg
 
 
 def test_reference_without_the_columns_is_refused(tmp_path):

@@ -92,6 +92,7 @@ def test_a_diverging_run_is_marked_and_the_others_go_on(finished):
     assert "DIVERGED" in (out / "logs/train/blowup.log").read_text()
     assert (out / "runs/blowup/model.pt").exists()
     assert "diverged" in (out / "figures/blowup.svg").read_text()
+    assert "blowup (no peak)" in (out / "figures/comparison.svg").read_text()  # diverged in epoch 1
 
 
 @pytest.mark.slow

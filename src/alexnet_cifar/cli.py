@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 stages.summary(runs, facts, csvs, reference, swept, out / "summary.csv", out / "summary.md",
                                out / "replicates.csv", out / "settings.csv")
             elif args.command == "compare":
-                stages.comparison_figure(csvs, reference, out)
+                stages.comparison_figure(csvs, facts, reference, out)
             elif args.command == "replicates":
                 stages.replicates_figure(runs, csvs, facts, reference, out)
             elif not swept:

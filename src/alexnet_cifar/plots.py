@@ -60,15 +60,17 @@ def plot_run(frame: pd.DataFrame, facts: dict, paths, *, title: str) -> None:
     save(fig, paths)
 
 
-def plot_comparison(runs: dict[str, pd.DataFrame], reference: pd.DataFrame, paths, *,
+def plot_comparison(runs: dict[str, pd.DataFrame], facts: dict[str, dict], reference: pd.DataFrame, paths, *,
                     reference_label: str = "reported") -> None:
-    """Left: test accuracy of every run, the reported curve dashed. Right: training loss."""
+    """Left: test accuracy of every run, the reported curve dashed; each run's peak in the legend is
+    its facts' (``metrics.run_facts``: before a divergence, if any). Right: training loss."""
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     acc_ax.plot(reference["epoch"], reference["test_acc"], linestyle="--", color="gray",
                 label=f"{reference_label} (peak {reference['test_acc'].max():.2f} %)")
     for run, frame in runs.items():
+        peak = facts[run]["peak_test_acc"]
         line, = acc_ax.plot(frame["epoch"], frame["test_acc"], marker="o", markersize=2,
-                            label=f"{run} (peak {frame['test_acc'].max():.2f} %)")
+                            label=f"{run} (peak {peak:.2f} %)" if peak is not None else f"{run} (no peak)")
         loss_ax.plot(frame["epoch"], frame["train_loss"], marker="o", markersize=2, color=line.get_color(),
                      label=run)
     acc_ax.set_ylabel("Test accuracy (%)")

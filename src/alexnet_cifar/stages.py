@@ -215,11 +215,9 @@ def run_figure(csv_path, facts_path, png, *, title: str) -> None:
     plots.plot_run(pd.read_csv(csv_path), metrics.read_json(facts_path), plots.figure_paths(png), title=title)
 
 
-def comparison_figure(csv_paths: Mapping[str, str], reference, png) -> None:
-    import pandas as pd
-
+def comparison_figure(csv_paths: Mapping[str, str], facts_paths: Mapping[str, str], reference, png) -> None:
     from . import metrics, plots
 
-    runs = {run: pd.read_csv(path) for run, path in csv_paths.items()}
-    plots.plot_comparison(runs, metrics.read_reference(reference), plots.figure_paths(png))
+    facts, curves = _read_runs(csv_paths, facts_paths, csv_paths)
+    plots.plot_comparison(curves, facts, metrics.read_reference(reference), plots.figure_paths(png))
 

@@ -30,18 +30,19 @@ def main() -> None:
     args = parser.parse_args()
 
     out = Path(args.out_dir)
-    runs = {}
+    runs, facts = {}, {}
     for item in args.history:
         run, sep, path = item.partition("=")
         if not sep:
             parser.error(f"--history {item!r}: expected RUN=PATH")
-        runs[run] = metrics.history_frame(json.loads(Path(path).read_text()))
+        history = json.loads(Path(path).read_text())
+        runs[run], facts[run] = metrics.history_frame(history), metrics.run_facts(history)
         metrics.write_csv(runs[run], out / "gpu" / f"{args.device_tag}_real_images_{run}.csv")
     epochs = max(int(frame["epoch"].max()) for frame in runs.values())
     reference = metrics.read_reference(args.reference)
     reference = reference[reference["epoch"] <= epochs]
     png = out / f"real-images-{epochs}-epochs-{args.device_tag}.png"
-    plots.plot_comparison(runs, reference, [png], reference_label=f"reported, epochs 1-{epochs}")
+    plots.plot_comparison(runs, facts, reference, [png], reference_label=f"reported, epochs 1-{epochs}")
 
     accuracy = {"reported": dict(zip(reference["epoch"], reference["test_acc"], strict=True))}
     accuracy |= {run: dict(zip(frame["epoch"], frame["test_acc"], strict=True)) for run, frame in runs.items()}

@@ -37,6 +37,7 @@ rule run_figure:
 rule comparison_figure:
     input:
         csv=outputs_of_every_run("{outdir}/metrics/{run}.csv"),
+        facts=outputs_of_every_run("{outdir}/metrics/{run}.facts.json"),
         reference=config["reference_curve"],
     output:
         png=f"{OUTDIR}/figures/comparison.png",
