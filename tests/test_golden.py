@@ -1,0 +1,45 @@
+"""The default protocol does not move: a deterministic CPU training at the default settings gives
+the numbers recorded before training recipes were added (tests/golden/, commit 606374f)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from golden.default_protocol import MODELS, golden_path, train_golden, weight_sums, without_seconds
+
+# The last bits of CPU arithmetic depend on the processor's vector instructions (recorded on an
+# x86_64 AMD EPYC, torch 2.14.1, 2 threads). Any change of behaviour (another random draw, order,
+# learning rate, initialisation or augmentation) moves these numbers by far more than 1e-6.
+REL = 1e-6
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_default_training_gives_the_golden_history_and_weights(model, tmp_path):
+    history = without_seconds(train_golden(model, tmp_path))
+    golden = [json.loads(line) for line in golden_path(model).read_text().splitlines()]
+    assert [list(r) for r in history] == [list(r) for r in golden]  # same fields, same order
+    assert same_numbers(flat(history), flat(golden))
+    recorded = json.loads(golden_path(model, "weights.json").read_text())
+    sums = weight_sums(tmp_path / "model.pt")
+    assert list(sums) == list(recorded)
+    assert same_numbers(flat(sums), flat(recorded))
+
+
+def same_numbers(got: dict, expected: dict) -> bool:
+    """Equal keys; integers, booleans and nulls exactly, other numbers within REL."""
+    assert list(got) == list(expected)
+    for key, value in expected.items():
+        if isinstance(value, float):
+            assert got[key] == pytest.approx(value, rel=REL), key
+        else:
+            assert got[key] == value and type(got[key]) is type(value), key
+    return True
+
+
+def flat(value, where="") -> dict:
+    """Nested records as {path: number or None}, which pytest.approx compares entry by entry."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flat(item, f"{where}/{key}").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in flat(item, f"{where}/{i}").items()}
+    return {where: value}
