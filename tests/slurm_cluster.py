@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -81,10 +82,30 @@ def unavailable_reason(install: bool = True) -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 now, chosen below the kernel's ephemeral range.
+
+    A port merely found free can be taken before the daemon binds it. Ports the kernel hands out
+    by itself (port 0, as the tests' HTTP server asks, and every outgoing connection) come from the
+    ephemeral range only, so a port below it stays free unless a program asks for that very number;
+    :meth:`SlurmCluster.start` still retries with new ports if a daemon finds its port taken.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default range starts here
+    choose = random.Random()  # seeded from the system: another run picks other ports
+    ports: list[int] = []
+    while len(ports) < count:
+        port = choose.randrange(max(1024, low // 2), max(1025, low))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def _mem_total_mb() -> int:
@@ -162,9 +183,7 @@ class SlurmCluster:
         os.chmod(key, 0o600)
         for path in (self.munge_dir, key):
             os.chown(path, munge.pw_uid, munge.pw_gid)
-        self.ctld_port, slurmd_port = free_port(), free_port()
-        while slurmd_port == self.ctld_port:
-            slurmd_port = free_port()
+        self.ctld_port, slurmd_port = free_ports(2)
         r = self.root
         self.conf.write_text(f"""\
 # Written by tests/slurm_cluster.py: one node, no accounting, no cgroups.
@@ -242,7 +261,21 @@ PartitionName=gpu Nodes={self.node} Default=NO MaxTime=INFINITE State=UP
             time.sleep(0.2)
         raise RuntimeError(f"timed out waiting for {what}\n" + "\n".join(self.log_tail(n) for n in self._started))
 
-    def start(self) -> SlurmCluster:
+    def start(self, attempts: int = 3) -> SlurmCluster:
+        """Start the daemons; if one finds its port taken (another program bound it since it was
+        chosen), stop them and start again on new ports."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start()
+            except RuntimeError as exc:
+                if "Address already in use" not in str(exc) or attempt == attempts:
+                    raise
+                self.stop()
+        raise AssertionError("unreachable")
+
+    def _start(self) -> SlurmCluster:
+        self._procs.clear()  # a failed attempt's daemons are stopped
+        self.munge_socket.unlink(missing_ok=True)  # and a socket one left must not count as munged's
         self.write_config()
         munge = pwd.getpwnam("munge")
         self._spawn("munged", ["--foreground", f"--socket={self.munge_socket}",

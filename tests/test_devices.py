@@ -10,14 +10,13 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from alexnet_cifar import devices
-from alexnet_cifar.devices import DeviceError, claim_gpu, estimate_cpu_days, resolve_device
+from alexnet_cifar.devices import DeviceError, about, claim_gpu, estimate_cpu_seconds, resolve_device
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -94,15 +93,41 @@ def test_processes_get_different_gpus_and_a_third_times_out(tmp_path, holders):
     assert {first.index, second.index} == {0, 1}
 
     third = holders(2, tmp_path, wait_seconds=0.5)
-    third.wait_until_waiting()
-    started = time.monotonic()
+    third.wait_until_waiting()  # it waits first (how long: test_a_claim_waits_until_its_deadline...)
     assert third.release() == 3
     assert third.result.startswith("DeviceError:") and "all 2 GPUs are in use" in third.result
     assert str(tmp_path) in third.result  # says where the locks are
-    assert time.monotonic() - started >= 0.3  # it kept waiting before giving up
 
     # The lock records its holder's PID (for a person looking at the lock folder).
     assert (tmp_path / f"gpu{first.index}.lock").read_text().strip() == str(first.proc.pid)
+
+
+class FakeClock:
+    """``time.monotonic`` and ``time.sleep`` for :func:`claim_gpu`: sleeping advances the clock."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 1000.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_a_claim_waits_until_its_deadline_polling_then_gives_up(tmp_path, holders, monkeypatch):
+    """All GPUs held: the claim polls every ``poll`` seconds until ``wait_seconds`` have passed
+    (on a clock the test drives, so the answer does not depend on the machine's speed)."""
+    first = holders(1, tmp_path)
+    assert first.index == 0
+    clock, messages = FakeClock(), []
+    monkeypatch.setattr(devices.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(devices.time, "sleep", clock.sleep)
+    with pytest.raises(DeviceError, match="all 1 GPUs are in use"):
+        claim_gpu(1, tmp_path, wait_seconds=5.0, poll=2.0, log=messages.append)
+    assert clock.sleeps == [2.0, 2.0, 1.0] and clock.now == 1005.0  # the last sleep ends at the deadline
+    assert messages == ["all 1 GPUs busy; waiting"] * 3
 
 
 def test_a_gpu_is_free_again_after_its_process_exits(tmp_path, holders):
@@ -148,11 +173,20 @@ def test_resolve_auto_without_cuda_refuses_with_a_day_estimate(monkeypatch):
     with pytest.raises(DeviceError) as info:
         resolve_device("auto", model="paper", epochs=50, train_images=50000, batch_size=4)
     message = str(info.value)
-    days = estimate_cpu_days("paper", 50, 50000, 4)
+    days = estimate_cpu_seconds("paper", 50, 50000, 4) / 86400
     assert 5 < days < 7  # 625,000 steps at 0.84 s
-    assert f"about {days:.1f} days" in message
+    assert f"would take about {days:.1f} days" in message
     assert "train.device: cpu" in message
     assert "no CUDA GPU" in message
+
+
+def test_a_short_run_s_estimate_is_in_minutes_or_hours_not_a_fraction_of_a_day(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match=r"\(paper, 1 epoch, 3600 images, batch 4\) would take about 13 minutes\."):
+        resolve_device("auto", model="paper", epochs=1, train_images=3600, batch_size=4)  # 900 steps of 0.84 s
+    assert [about(s) for s in (20, 60, 150, 3600, 5 * 3600, 86400, 6.1 * 86400)] == [
+        "less than a minute", "about 1 minute", "about 2 minutes", "about 1.0 hours", "about 5.0 hours",
+        "about 1.0 days", "about 6.1 days"]
 
 
 def test_resolve_cpu_needs_no_gpu(monkeypatch):

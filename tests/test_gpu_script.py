@@ -1,38 +1,76 @@
 """The GPU session script, dry-run on the CPU with tiny counts: every part runs, its results fit
-what a device call brings back, and part 5 resumes in the next call."""
+what a device call brings back, and part 5 resumes in the next call.
+
+No test here depends on the machine's speed: the deadlines are far beyond what the parts need, a
+training is stopped by a SIGTERM sent once its saved history shows the epochs the test waits for
+(the session's deadline sends the same signal), and the deadline itself is tested in-process."""
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
 from workflow_helpers import REPO
 
+from alexnet_cifar import engine
 from alexnet_cifar.bench import ENGINE_LOOPS
 
 SCRIPT = REPO / "tests/gpu/gpu_session.sh"
+NEVER = "3600"  # a deadline no part of the dry run comes near, however slow the machine
+sys.path.insert(0, str(REPO / "tests/gpu"))
+import gpu_session  # noqa: E402
+
+
+def session_cmd(archive, out, work, *args) -> list[str]:
+    return ["bash", str(SCRIPT), "--out", str(out), "--work", str(work), "--archive", str(archive),
+            "--device", "cpu", "--tiny", "--models", "torchvision", *args]
 
 
 def session(archive, out, work, *args) -> subprocess.CompletedProcess:
-    cmd = ["bash", str(SCRIPT), "--out", str(out), "--work", str(work), "--archive", str(archive),
-           "--device", "cpu", "--tiny", "--models", "torchvision", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+    return subprocess.run(session_cmd(archive, out, work, *args), capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "PYTHON": sys.executable})
+
+
+def saved_epochs(path) -> int:
+    """Epochs in a history the session saved (atomically, after every epoch); 0 before the first."""
+    return len(json.loads(path.read_text())) if path.exists() else 0
+
+
+def part_stopped_after(archive, out, work, part: int, history, epochs: int) -> subprocess.CompletedProcess:
+    """Run one part until its saved ``history`` holds more than ``epochs`` epochs, then stop its
+    training with SIGTERM, as the deadline would (the training writes that history inside the
+    signal handler's reach, so the signal stops the training, not the session)."""
+    with open(out.parent / f"{out.name}-part{part}.log", "w+") as log:
+        proc = subprocess.Popen(session_cmd(archive, out, work, "--deadline", NEVER, "--parts", str(part)),
+                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHON": sys.executable})
+        try:
+            while saved_epochs(history) <= epochs:
+                assert proc.poll() is None, "the session ended before the epochs the test waits for"
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            returncode = proc.wait(timeout=1800)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        log.seek(0)
+        return subprocess.CompletedProcess(proc.args, returncode, log.read(), "")
 
 
 @pytest.fixture(scope="module")
 def dry_run(tiny_archive, tmp_path_factory):
-    """Parts 1-4 in one call (a deadline they fit in), then part 5 alone with a deadline that
-    cuts it, as on a GPU; its result files go to the same folder."""
+    """Parts 1-4 in one call, then part 5 alone, stopped in its second epoch (as a deadline stops
+    it on a GPU); its result files go to the same folder."""
     out, work = tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("work")
-    result = session(tiny_archive[0], out, work, "--deadline", "300", "--parts", "1,2,3,4")
+    result = session(tiny_archive[0], out, work, "--deadline", NEVER, "--parts", "1,2,3,4")
     assert result.returncode == 0, result.stdout + result.stderr
     first = json.loads((out / "session.json").read_text())
-    result = session(tiny_archive[0], out, work, "--deadline", "25", "--parts", "5")
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = part_stopped_after(tiny_archive[0], out, work, 5, out / "history_paper.json", epochs=0)
+    assert result.returncode == 0, result.stdout
     first["parts"].update(json.loads((out / "session.json").read_text())["parts"])
     return out, work, first
 
@@ -76,11 +114,32 @@ def test_part_5_saves_every_epoch_and_resumes_in_the_next_call(dry_run, tiny_arc
     out, work, report = dry_run
     first = json.loads((out / "history_paper.json").read_text())
     assert report["parts"]["5"]["epochs_done"] == len(first) >= 1
-    assert report["parts"]["5"]["status"].startswith("cut at the deadline")
+    assert report["parts"]["5"]["status"] == "stopped by a SIGTERM from outside; the checkpoint is kept"
     assert (work / "part5/paper/checkpoint.pt").exists()
     again = out.parent / "again"
-    result = session(tiny_archive[0], again, work, "--deadline", "20", "--parts", "5")
-    assert result.returncode == 0, result.stdout + result.stderr
+    again.mkdir()
+    result = part_stopped_after(tiny_archive[0], again, work, 5, again / "history_paper.json", epochs=len(first))
+    assert result.returncode == 0, result.stdout
     second = json.loads((again / "history_paper.json").read_text())
     assert f"after epoch {len(first)}" in (again / "session.log").read_text()
     assert second[: len(first)] == first and len(second) > len(first)
+
+
+def test_a_training_still_running_at_the_deadline_is_stopped_by_sigterm_and_reported_cut(tmp_path, monkeypatch):
+    """The session's deadline sends the training SIGTERM a margin before the end and says so; a
+    stand-in training waits for that signal however long it takes (the deadline is 2 s away)."""
+    args = gpu_session.parse_args(["--deadline", "7", "--out", str(tmp_path), "--archive", "none", "--tiny",
+                                   "--device", "cpu"])
+    trained, flag = [], engine.StopFlag()
+
+    def wait_for_the_signal(settings, npz, out_dir, on_epoch=None):
+        trained.append(out_dir)
+        while flag.signum is None:
+            time.sleep(0.01)
+        raise SystemExit(128 + flag.signum)
+
+    monkeypatch.setattr(gpu_session.stages, "train", wait_for_the_signal)
+    with engine.stop_on_signals(flag):  # the training's own handler, set before any signal can come
+        outcome = gpu_session.Session(args).train(None, tmp_path / "data.npz", tmp_path / "run")
+    assert trained == [tmp_path / "run"]
+    assert outcome == {"status": "cut at the deadline; the checkpoint is kept"}

@@ -271,8 +271,10 @@ def test_interrupted_training_resumes_from_its_checkpoint(cluster, shared, tmp_p
     job fails, keeping the checkpoint of the last completed epoch; the profile's ``retries``
     submits it again and the new job resumes from that epoch."""
     workdir = tmp_path / "resume"
-    # Epochs of about a second here: the signal must come before the last epoch ends.
-    epochs = 6
+    # Epochs of a second or two here. The sign the test waits for is the checkpoint of epoch 1; the
+    # signal (two client calls and slurmctld's delivery away) must come while epochs are left, so
+    # eleven are: many times what that takes, on an idle machine as under load.
+    epochs = 12
     configfile = make_workdir(workdir, shared, train={"epochs": epochs}, datadir=shared["datadir"])
     run_dir = workdir / "out" / "runs" / "torchvision"
     checkpoint = run_dir / "checkpoint.pt"

@@ -67,9 +67,21 @@ def claim_gpu(count: int, lock_dir: Path | None = None, *, wait_seconds: float =
         time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
 
 
-def estimate_cpu_days(model: str, epochs: int, train_images: int, batch_size: int) -> float:
+def estimate_cpu_seconds(model: str, epochs: int, train_images: int, batch_size: int) -> float:
+    """Training time on a 2-core CPU: the measured step at batch 4, scaled by the batch size."""
     steps = epochs * -(-train_images // batch_size)
-    return steps * CPU_SECONDS_PER_STEP[model] * batch_size / 4 / 86400
+    return steps * CPU_SECONDS_PER_STEP[model] * batch_size / 4
+
+
+def about(seconds: float) -> str:
+    """A duration as people say it: about 6.1 days, about 3.2 hours, about 5 minutes."""
+    for unit, length in (("days", 86400), ("hours", 3600)):
+        if seconds >= length:
+            return f"about {seconds / length:.1f} {unit}"
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return "less than a minute"
+    return f"about {minutes} minute{'s' if minutes > 1 else ''}"
 
 
 def resolve_device(requested: str, *, model: str, epochs: int, train_images: int, batch_size: int,
@@ -80,11 +92,11 @@ def resolve_device(requested: str, *, model: str, epochs: int, train_images: int
     if requested == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        days = estimate_cpu_days(model, epochs, train_images, batch_size)
+        duration = about(estimate_cpu_seconds(model, epochs, train_images, batch_size))
+        run = f"{model}, {epochs} epoch{'s' if epochs != 1 else ''}, {train_images} images, batch {batch_size}"
         raise DeviceError(
-            f"no CUDA GPU is available (train.device: {requested}). On a 2-core CPU this run "
-            f"({model}, {epochs} epochs, {train_images} images, batch {batch_size}) would take about "
-            f"{days:.1f} days. Run it on a GPU machine, or set train.device: cpu (e.g. "
+            f"no CUDA GPU is available (train.device: {requested}). On a 2-core CPU this run ({run}) would "
+            f"take {duration}. Run it on a GPU machine, or set train.device: cpu (e.g. "
             f"--config train='{{device: cpu}}' or use config/quick.yaml) to train on the CPU anyway.")
     if requested.startswith("cuda:"):
         index, count = torch.device(requested).index, torch.cuda.device_count()

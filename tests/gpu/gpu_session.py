@@ -113,9 +113,16 @@ class Session:
 
     def train(self, settings, npz: Path, out_dir: Path, on_epoch=None) -> dict:
         """``stages.train`` as the train rule calls it, stopped by SIGTERM (as SLURM stops a job)
-        when the deadline comes; a stopped run keeps its checkpoint for the next call."""
+        when the deadline comes, or when the caller sends one; a stopped run keeps its checkpoint
+        for the next call."""
         margin = 5 if self.args.tiny else MARGIN_S
-        timer = threading.Timer(max(1.0, self.left() - margin), os.kill, (os.getpid(), signal.SIGTERM))
+        deadline_came = threading.Event()
+
+        def stop_at_the_deadline() -> None:
+            deadline_came.set()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        timer = threading.Timer(max(1.0, self.left() - margin), stop_at_the_deadline)
         timer.start()
         try:
             history = stages.train(settings, npz, out_dir, on_epoch=on_epoch)
@@ -123,7 +130,8 @@ class Session:
         except SystemExit as exc:
             if exc.code != 128 + signal.SIGTERM:
                 raise
-            return {"status": "cut at the deadline; the checkpoint is kept"}
+            why = "cut at the deadline" if deadline_came.is_set() else "stopped by a SIGTERM from outside"
+            return {"status": f"{why}; the checkpoint is kept"}
         finally:
             timer.cancel()
 
