@@ -29,7 +29,7 @@ def test_the_schema_lists_the_registry_s_models_and_the_settings_fields():
 
 
 def test_defaults_come_from_the_schema():
-    schema = yaml.safe_load(config.SCHEMA_PATH.read_text())
+    schema = yaml.safe_load(config.SCHEMA.read_text())
     defaults = {k: v["default"] for k, v in schema["properties"]["train"]["allOf"][1]["properties"].items()
                 if "default" in v}
     settings = RunSettings.from_mapping({"model": "paper"})

@@ -1,6 +1,7 @@
 """The workflow's config and a run's settings, derived from one contract: the JSON schema.
 
-``workflow/schemas/config.schema.yaml`` holds every key's type, allowed range, default and
+``config.schema.yaml``, shipped inside this package (``workflow/schemas/config.schema.yaml``, where
+Snakemake users look for it, links to it), holds every key's type, allowed range, default and
 description, and marks which train settings define a run's result (``defines_result``). This
 module reads it (and nothing heavier than YAML: building the workflow's job graph must not import
 torch) to
@@ -16,17 +17,18 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.resources
 import itertools
 import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from .errors import UserError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+#: The schema, as package data: the package works installed anywhere, not only from this checkout.
+SCHEMA = importlib.resources.files(__package__) / "config.schema.yaml"
 
 
 class SettingsError(UserError, ValueError):
@@ -37,8 +39,7 @@ class SettingsError(UserError, ValueError):
 def schema() -> dict[str, Any]:
     import yaml
 
-    with open(SCHEMA_PATH) as handle:
-        return yaml.safe_load(handle)
+    return yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
 
 
 @functools.cache
