@@ -8,13 +8,15 @@ from snakemake.utils import min_version, validate
 min_version("8.0")
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 # Both torch-free: building the job graph (a dry run, a cluster's login node) never imports torch.
-from alexnet_cifar.config import SettingsError, check_config  # noqa: E402
+from alexnet_cifar.config import SettingsError, check_config, numbers_from_text  # noqa: E402
 from alexnet_cifar.metrics import CurveError, read_reference  # noqa: E402
 
 
 configfile: "config/config.yaml"
 
 
+# YAML reads 1e-3 as text: the number it says, in place (the jobs get this config), before any check.
+config.update(numbers_from_text(config))
 # Our check words each problem for people, naming the key, and covers what the schema cannot
 # express (sweep keys, seeds, run names); it stops here with one line per problem, no traceback.
 try:

@@ -12,7 +12,15 @@ import yaml
 from workflow_helpers import REPO, make_workdir, planned_jobs, snakemake
 
 from alexnet_cifar import cli, config
-from alexnet_cifar.config import RunSettings, config_problems, expand_runs, load_config, resolve_run
+from alexnet_cifar.config import (
+    RunSettings,
+    config_problems,
+    expand_runs,
+    load_config,
+    numbers_from_text,
+    reserved_run_names,
+    resolve_run,
+)
 from alexnet_cifar.models import MODELS
 
 
@@ -139,8 +147,10 @@ def test_the_shipped_configs_are_valid_and_plan_their_trainings():
 
 
 @pytest.mark.parametrize("configfile, trainings", [("config/seeds.yaml", 15), ("config/lr-sweep.yaml", 16)])
-def test_dry_runs_of_the_shipped_configs_plan_their_trainings(configfile, trainings):
-    jobs = planned_jobs(snakemake(REPO, "-n", configfile=configfile).stdout)
+def test_dry_runs_of_the_shipped_configs_plan_their_trainings(configfile, trainings, tmp_path):
+    # a folder of its own, as a user's: never this checkout, which another test worker may be using
+    workdir = make_workdir(tmp_path, {})
+    jobs = planned_jobs(snakemake(workdir, "-n", configfile=configfile).stdout)
     assert jobs["train"] == trainings and jobs["replicates_figure"] == 1
     assert jobs.get("sweep_figure", 0) == (1 if "sweep" in configfile else 0)
 
@@ -163,10 +173,84 @@ def test_building_the_job_graph_never_imports_torch(tmp_path):
     (tmp_path / "fake" / "torchvision").mkdir()
     (tmp_path / "fake" / "torchvision" / "__init__.py").write_text("raise ImportError('torchvision imported')\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "fake")}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(REPO), "-n",
+    workdir = make_workdir(tmp_path / "work", {})
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "-n",
            "--configfile=config/lr-sweep.yaml"]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # and the fake does stop anything that does import torch
     check = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
     assert "torch imported while building the job graph" in check.stderr
+
+
+# -- numbers written as text, run names the workflow keeps for itself -----------------------------
+
+@pytest.mark.parametrize("text, number", [("1e-3", 0.001), ("5E-4", 0.0005), ("+2.5e+1", 25.0), (".5", 0.5),
+                                          ("0.01", 0.01), ("3", 3.0), ("1.e-2", 0.01)])
+def test_a_number_written_as_text_is_that_number_in_train_runs_and_sweeps(text, number):
+    """YAML 1.1 reads 1e-3 as text: train:, a run entry and a sweep list all take it as the number,
+    so run names, params and fingerprints are those of the number."""
+    def cfg(value):
+        return full({"train": {"weight_decay": value}, "runs": {"paper": {"model": "paper", "lr": value}},
+                     "sweep": {"momentum": [value, 0.25]}})
+
+    written, meant = numbers_from_text(cfg(text)), cfg(number)
+    if number < 1:
+        assert config_problems(config.with_defaults(written)) == []
+    runs, expected = expand_runs(written), expand_runs(meant)
+    assert list(runs) == list(expected) and f"paper-momentum{number:g}" in runs
+    for name, run in runs.items():
+        settings = run.settings
+        assert settings.result_params() == expected[name].settings.result_params()
+        assert settings.fingerprint("m") == expected[name].settings.fingerprint("m")
+        assert type(settings.weight_decay) is float and type(settings.lr) is float
+
+
+@pytest.mark.parametrize("text", ["abc", "nan", "inf", "1_000", "0x10", "1e-3x", "1e", "", "1e-3 lr"])
+def test_a_text_that_is_not_a_plain_number_is_refused_naming_the_key_and_the_value(text):
+    for where, change in (("train.lr", {"train": {"lr": text}}),
+                          ("runs.paper.lr", {"runs": {"paper": {"model": "paper", "lr": text}}}),
+                          ("sweep.lr", {"sweep": {"lr": [0.001, text]}})):
+        problems = config_problems(config.with_defaults(numbers_from_text(full(change))))
+        assert f"{where}: {text!r} is not of type 'number'" in problems, problems
+
+
+def test_load_config_reads_1e_3_as_a_number(tmp_path):
+    (tmp_path / "lr.yaml").write_text("train:\n  lr: 1e-3\nsweep:\n  weight_decay: [5e-4, 0.0]\n")
+    assert yaml.safe_load((tmp_path / "lr.yaml").read_text())["train"]["lr"] == "1e-3"  # what YAML 1.1 reads
+    cfg = load_config(REPO / "config/config.yaml", tmp_path / "lr.yaml")
+    assert cfg["train"]["lr"] == 0.001 and cfg["sweep"]["weight_decay"] == [0.0005, 0.0]
+
+
+def test_snakemake_reads_1e_3_from_a_config_file_and_from_the_command_line(tmp_path):
+    workdir = make_workdir(tmp_path, {})
+    (workdir / "tiny.yaml").write_text("train:\n  lr: 1e-3\nsweep:\n  weight_decay: [5e-4]\n")
+    result = snakemake(workdir, "-n", "--config", "train={lr: 3e-3, momentum: 9e-1}")
+    assert planned_jobs(result.stdout)["train"] == 2
+    assert "run=paper-weight_decay0.0005" in result.stdout and "run=torchvision-weight_decay0.0005" in result.stdout
+    bad = snakemake(workdir, "-n", "--config", "train={lr: 1e-3x}", check=False)
+    assert bad.returncode != 0 and "train.lr: '1e-3x' is not of type 'number'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("name", reserved_run_names())
+def test_a_run_named_like_one_of_the_workflow_s_own_files_is_refused_in_one_line(name):
+    problems = config_problems(full({"runs": {name: {"model": "paper"}}}))
+    (problem,) = [p for p in problems if "reserved run names" in p]
+    assert problem.startswith(f"runs.{name}: its run {name!r} would be named like the workflow's own ")
+    assert f"reserved run names: {', '.join(reserved_run_names())}" in problem and "\n" not in problem
+
+
+def test_the_expanded_run_names_are_checked_not_the_entry_names():
+    """An entry named summary with seeds or a sweep trains summary-seed0 or summary-lr0.01: no clash."""
+    assert config_problems(full({"runs": {"summary": {"model": "paper", "seeds": 2}}})) == []
+    assert config_problems(full({"runs": {"summary": {"model": "paper"}}, "sweep": {"lr": [0.01]}})) == []
+    assert config_problems(full({"runs": {"summary": {"model": "paper"}}})) != []
+    assert set(reserved_run_names()) == {"summary", "replicates", "settings", "comparison", "sweep"}
+
+
+def test_the_workflow_stops_on_a_reserved_run_name_before_any_job(tmp_path):
+    workdir = make_workdir(tmp_path, {"runs": {"comparison": {"model": "paper"}}})
+    result = snakemake(workdir, "-n", check=False)
+    assert result.returncode != 0 and "runs.comparison: its run 'comparison' would be named like" in result.stderr
+    assert "AmbiguousRuleException" not in result.stdout + result.stderr and "Traceback" not in result.stderr

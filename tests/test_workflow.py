@@ -9,7 +9,9 @@ import zipfile
 import pandas as pd
 import pytest
 import yaml
-from workflow_helpers import REPO, make_workdir, planned_jobs, snakemake, tiny_config
+from workflow_helpers import make_workdir, planned_jobs, snakemake, tiny_config
+
+from alexnet_cifar.config import WORKFLOW_FILES
 
 RUNS = ("paper", "torchvision", "blowup")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -185,14 +187,16 @@ def test_one_figure_in_a_fresh_folder_builds_only_what_it_needs(tmp_path, tiny_a
     assert planned_jobs(plan.stdout) == {"download": 1, "prepare": 1, "train": 1, "metrics": 1, "run_figure": 1}
 
 
-def test_default_config_plans_one_training_per_run():
-    result = snakemake(REPO, "-n", configfile="config/config.yaml")
+# Each in a folder of its own, never this checkout (Snakemake writes .snakemake/ into its folder,
+# and another test worker may be running Snakemake at the same time).
+def test_default_config_plans_one_training_per_run(tmp_path):
+    result = snakemake(make_workdir(tmp_path, {}), "-n", configfile="config/config.yaml")
     jobs = planned_jobs(result.stdout)
     assert jobs["train"] == 2 and jobs["run_figure"] == 2 and jobs["download"] == 1
 
 
-def test_lint_is_clean():
-    result = snakemake(REPO, "--lint", configfile="config/config.yaml", check=False)
+def test_lint_is_clean(tmp_path):
+    result = snakemake(make_workdir(tmp_path, {}), "--lint", configfile="config/config.yaml", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -243,6 +247,19 @@ def test_seeds_crossed_with_a_sweep_run_end_to_end(replicated):
         assert (replicated / "figures" / name).stat().st_size > 1000, name
     text = (replicated / "metrics/summary.md").read_text()
     assert "### tv-lr0.001 (model torchvision, lr 0.001; 2 seeds)" in text
+
+
+@pytest.mark.slow
+def test_the_workflow_s_own_files_beside_the_per_run_files_are_the_reserved_list(replicated):
+    """Every file in metrics/ and figures/ is a run's or one of WORKFLOW_FILES, whose stems no run
+    may take: a new output of the workflow there is reserved only once it is in that list."""
+    per_run = {f"{folder}/{run}{suffix}" for run in REPLICATED_RUNS
+               for folder, suffixes in (("metrics", (".csv", ".facts.json")), ("figures", (".png", ".svg")))
+               for suffix in suffixes}
+    found = {path.relative_to(replicated).as_posix() for folder in ("metrics", "figures")
+             for path in (replicated / folder).iterdir()}
+    assert per_run <= found
+    assert found - per_run == set(WORKFLOW_FILES)
 
 
 @pytest.mark.slow

@@ -21,8 +21,10 @@ import importlib.resources
 import itertools
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import PurePosixPath
 from typing import Any
 
 from .errors import UserError
@@ -127,14 +129,55 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_config(*paths: str | os.PathLike) -> dict[str, Any]:
-    """The YAML files merged in order (``config/config.yaml`` first), as the workflow sees them."""
+    """The YAML files merged in order (``config/config.yaml`` first), as the workflow sees them,
+    numbers written as text read as numbers (:func:`numbers_from_text`)."""
     import yaml
 
     config: dict[str, Any] = {}
     for path in paths:
         with open(path) as handle:
             config = merge(config, yaml.safe_load(handle) or {})
-    return config
+    return numbers_from_text(config)
+
+
+# A plain decimal or scientific number: 0.001, 1e-3, 5E-4, +2.5e+1, .5 (not nan, inf, 0x10 or 1_000).
+_NUMBER_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _number(value: Any) -> Any:
+    return float(value) if isinstance(value, str) and _NUMBER_TEXT.fullmatch(value) else value
+
+
+def numbers_from_text(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with each number-typed train setting that is written as a plain decimal or
+    scientific number in text turned into that number, in ``train``, in every run entry and in
+    ``sweep`` lists. Anything else is left for the schema to refuse, naming the key and the value.
+
+    YAML 1.1, which PyYAML and so Snakemake read, takes ``1e-3`` and ``5e-4`` for text (a float
+    needs a dot there: ``1.0e-3``), while ML configs write learning rates that way. Converted once,
+    before validation, so run names, params and fingerprints see the number.
+    """
+    numeric = {key for key, spec in train_schema().items() if "number" in _types(spec)}
+
+    def entry_numbers(entry: Any) -> Any:
+        if not isinstance(entry, Mapping):
+            return entry
+        return {key: _number(value) if key in numeric else value for key, value in entry.items()}
+
+    converted = dict(config)
+    if "train" in converted:
+        converted["train"] = entry_numbers(converted["train"])
+    if isinstance(converted.get("runs"), Mapping):
+        converted["runs"] = {name: entry_numbers(entry) for name, entry in converted["runs"].items()}
+    if isinstance(converted.get("sweep"), Mapping):
+        converted["sweep"] = {key: [_number(v) for v in values] if key in numeric and isinstance(values, list)
+                              else values for key, values in converted["sweep"].items()}
+    return converted
+
+
+def _types(spec: Mapping[str, Any]) -> list[str]:
+    kind = spec.get("type", [])
+    return [kind] if isinstance(kind, str) else list(kind)
 
 
 def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -205,6 +248,22 @@ def resolve_run(config: Mapping[str, Any], run: str) -> RunSettings:
     return runs[run].settings
 
 
+#: The workflow's own files in the folders they share with every run's files ({outdir}/metrics/{run}.csv
+#: and .facts.json, {outdir}/figures/{run}.png and .svg). The rules name these outputs from this list
+#: (``workflow_file`` in workflow/rules/common.smk), and no run may take one of their stems as its
+#: name: two rules would claim one file.
+WORKFLOW_FILES = (
+    "metrics/summary.csv", "metrics/summary.md", "metrics/replicates.csv", "metrics/settings.csv",
+    "figures/comparison.png", "figures/comparison.svg", "figures/replicates.png", "figures/replicates.svg",
+    "figures/sweep.png", "figures/sweep.svg",
+)
+
+
+def reserved_run_names() -> list[str]:
+    """The stems of :data:`WORKFLOW_FILES`, which no run may be named."""
+    return sorted({PurePosixPath(path).stem for path in WORKFLOW_FILES})
+
+
 def config_problems(config: Mapping[str, Any]) -> list[str]:
     """Every way ``config`` breaks the schema or the rules it cannot express, each naming the key."""
     problems = _schema_problems(config, schema())
@@ -219,11 +278,17 @@ def config_problems(config: Mapping[str, Any]) -> list[str]:
     if problems:
         return problems
     names: dict[str, str] = {}
+    reserved = reserved_run_names()
     for entry_name in config["runs"]:
         for run in expand_runs({**config, "runs": {entry_name: config["runs"][entry_name]}}):
             if run in names:
                 problems.append(f"runs.{entry_name}: expands to run {run!r}, as runs.{names[run]} does; "
                                 f"rename one of them")
+            if run in reserved:
+                files = [path for path in WORKFLOW_FILES if PurePosixPath(path).stem == run]
+                problems.append(f"runs.{entry_name}: its run {run!r} would be named like the workflow's own "
+                                f"{' and '.join(files)}; rename the run entry (reserved run names: "
+                                f"{', '.join(reserved)})")
             names[run] = entry_name
     return problems
 

@@ -2,7 +2,7 @@ import os
 import re
 
 # The Snakefile put src/ on sys.path; the config module reads configs without importing torch.
-from alexnet_cifar.config import expand_runs
+from alexnet_cifar.config import WORKFLOW_FILES, expand_runs
 
 # Normalised, so that targets spelled like the config (results/x, ./results/x) match the rules.
 OUTDIR = os.path.normpath(config["outdir"])
@@ -31,6 +31,14 @@ def run_table():
     return {name: run.table_row() for name, run in RUNS.items()}
 
 
+def workflow_file(path):
+    """{outdir}/path for one of the workflow's own files beside the per-run files; named only from
+    WORKFLOW_FILES, whose stems are refused as run names (config.reserved_run_names)."""
+    if path not in WORKFLOW_FILES:
+        raise ValueError(f"{path} is not in alexnet_cifar.config.WORKFLOW_FILES: add it there")
+    return f"{OUTDIR}/{path}"
+
+
 def outputs_of_every_run(pattern):
     return [pattern.format(outdir=OUTDIR, run=run) for run in RUNS]
 
@@ -39,8 +47,7 @@ def all_targets():
     """Every output of every rule: a deleted file is rebuilt by a plain ``snakemake``."""
     per_run = ["runs/{run}/history.jsonl", "runs/{run}/model.pt", "runs/{run}/run.json", "figures/{run}.png"]
     targets = [path for pattern in per_run for path in outputs_of_every_run(f"{{outdir}}/{pattern}")]
-    targets += [f"{OUTDIR}/metrics/{name}" for name in ("summary.csv", "summary.md", "replicates.csv", "settings.csv")]
-    targets += [f"{OUTDIR}/figures/{name}.png" for name in ("comparison", "replicates")]
-    if SWEPT_KEYS:
-        targets.append(f"{OUTDIR}/figures/sweep.png")
+    own = ["metrics/summary.csv", "metrics/summary.md", "metrics/replicates.csv", "metrics/settings.csv"]
+    own += ["figures/comparison.png", "figures/replicates.png", *(["figures/sweep.png"] if SWEPT_KEYS else [])]
+    targets += [workflow_file(path) for path in own]
     return targets

@@ -40,9 +40,9 @@ rule comparison_figure:
         facts=outputs_of_every_run("{outdir}/metrics/{run}.facts.json"),
         reference=config["reference_curve"],
     output:
-        png=f"{OUTDIR}/figures/comparison.png",
+        png=workflow_file("figures/comparison.png"),
         svg=report(
-            f"{OUTDIR}/figures/comparison.svg",
+            workflow_file("figures/comparison.svg"),
             caption="../report/comparison.rst",
             category="Figures",
             subcategory="all runs",
@@ -64,9 +64,9 @@ rule replicates_figure:
         facts=outputs_of_every_run("{outdir}/metrics/{run}.facts.json"),
         reference=config["reference_curve"],
     output:
-        png=f"{OUTDIR}/figures/replicates.png",
+        png=workflow_file("figures/replicates.png"),
         svg=report(
-            f"{OUTDIR}/figures/replicates.svg",
+            workflow_file("figures/replicates.svg"),
             caption="../report/replicates.rst",
             category="Figures",
             subcategory="seeds",
@@ -86,9 +86,9 @@ rule sweep_figure:
     input:
         facts=outputs_of_every_run("{outdir}/metrics/{run}.facts.json"),
     output:
-        png=f"{OUTDIR}/figures/sweep.png",
+        png=workflow_file("figures/sweep.png"),
         svg=report(
-            f"{OUTDIR}/figures/sweep.svg",
+            workflow_file("figures/sweep.svg"),
             caption="../report/sweep.rst",
             category="Figures",
             subcategory="sweep",

@@ -28,14 +28,14 @@ rule summary:
         reference=config["reference_curve"],
     output:
         csv=report(
-            f"{OUTDIR}/metrics/summary.csv",
+            workflow_file("metrics/summary.csv"),
             caption="../report/summary.rst",
             category="Summary",
         ),
-        md=f"{OUTDIR}/metrics/summary.md",
-        replicates=f"{OUTDIR}/metrics/replicates.csv",
+        md=workflow_file("metrics/summary.md"),
+        replicates=workflow_file("metrics/replicates.csv"),
         settings=report(
-            f"{OUTDIR}/metrics/settings.csv",
+            workflow_file("metrics/settings.csv"),
             caption="../report/settings.rst",
             category="Summary",
         ),
