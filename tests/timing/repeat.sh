@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The tests that start, signal or wait for processes (or servers, or ports), run N times in a row,
+# on an idle machine or beside a second `pytest -n 2` of the whole suite (started again whenever
+# it ends); prints one line per round and the failure count. Evidence for docs/cpu/timing-tests.md.
+#
+# usage: tests/timing/repeat.sh N idle|loaded        (from the repository root, with .venv made)
+set -uo pipefail
+rounds=$1 mode=$2
+py=${PYTHON:-.venv/bin/python}
+tests=(
+  "tests/test_engine.py::test_an_interrupted_run_resumes_to_the_same_history"  # SIGKILL/SIGTERM mid-epoch
+  tests/test_gpu_script.py   # the session stopped by SIGTERM after a saved epoch; the deadline
+  tests/test_slurm.py        # a SLURM cluster on free ports; scancel --signal=TERM mid-training
+  tests/test_devices.py      # GPU claims held by other processes; the claim's wait
+  "tests/test_data.py::test_download_404_fails_at_once" "tests/test_data.py::test_download_connection_refused"
+  "tests/test_data.py::test_download_timeout" "tests/test_data.py::test_download_flaky_server_succeeds_on_retry"
+  "tests/test_data.py::test_download_truncated_body_is_retried_then_fails"
+)
+load_pid=
+if [ "$mode" = loaded ]; then
+  # the whole suite, again and again, in its own process group so that it can be stopped at the end
+  setsid bash -c "while true; do '$py' -m pytest -n 2 --dist loadfile -q -p no:cacheprovider >/dev/null 2>&1; done" &
+  load_pid=$!
+  trap 'kill -- -$load_pid 2>/dev/null' EXIT
+elif [ "$mode" != idle ]; then
+  echo "mode: idle or loaded" >&2; exit 2
+fi
+failed=0
+for round in $(seq 1 "$rounds"); do
+  started=$(date +%s)
+  if "$py" -m pytest -q -p no:cacheprovider "${tests[@]}" >"/tmp/timing-$mode-$round.log" 2>&1; then
+    result=passed
+  else
+    result=FAILED; failed=$((failed + 1))
+  fi
+  echo "$mode round $round: $result, $(tail -n 1 "/tmp/timing-$mode-$round.log" | tr -d '=') ($(( $(date +%s) - started )) s; load $(cut -d' ' -f1 /proc/loadavg))"
+done
+echo "$mode: $failed of $rounds rounds failed"
