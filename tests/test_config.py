@@ -57,6 +57,24 @@ def test_the_cli_options_are_made_from_the_schema():
             == (True, False, True, 8, 0.01))
 
 
+def test_recipe_settings_are_options_too_with_lists_written_with_commas():
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "--data", "d", "--model", "paper", "--out", "o", "--lr-schedule", "step",
+                              "--lr-milestones", "30,60", "--epochs", "90", "--augment-flip",
+                              "--augment-translate", "4", "--augment-pca-colour", "1e-1", "--init", "paper",
+                              "--validation-images", "500"])
+    settings = cli.settings_from(args)
+    assert (settings.lr_schedule, settings.lr_milestones, settings.augment_flip, settings.augment_translate,
+            settings.augment_pca_colour, settings.init, settings.validation_images) == (
+        "step", (30, 60), True, 4, 0.1, "paper", 500)
+    assert settings.result_params()["lr_milestones"] == [30, 60]  # plain JSON in params and fingerprints
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--data", "d", "--model", "paper", "--out", "o", "--lr-milestones", "30;60"])
+    args = parser.parse_args(["train", "--data", "d", "--model", "paper", "--out", "o", "--lr-schedule", "plateau"])
+    with pytest.raises(config.SettingsError, match="--lr-schedule: plateau lowers the lr when the validation"):
+        cli.settings_from(args)
+
+
 def test_config_readme_has_a_row_for_every_key():
     rows = [line.split("|")[1].strip().strip("`") for line in (REPO / "config/README.md").read_text().splitlines()
             if line.startswith("| `")]
@@ -124,10 +142,46 @@ def test_seeds_cross_the_sweep_in_the_order_given():
     ({"train": {"momentum": 1.5}}, "train.momentum: 1.5 is greater than or equal to the maximum of 1"),
     ({"train": {"num_classes": 5}}, "train.num_classes: 5 is less than the minimum of 10"),
     ({"train": {"seed": -1}}, "train.seed: -1 is less than the minimum of 0"),
+    # training recipes
+    ({"sweep": {"lr_schedule": ["step", "cosine"]}}, "sweep.lr_schedule: only numbers and true/false are swept"),
+    ({"sweep": {"init": ["paper"]}}, "sweep.init: only numbers and true/false are swept"),
+    ({"sweep": {"lr_milestones": [[1, 2]]}}, "sweep.lr_milestones: only numbers and true/false are swept"),
+    ({"train": {"lr_schedule": "plateau"}},
+     "runs.paper.lr_schedule: plateau lowers the lr when the validation accuracy stalls, but validation_images is 0"),
+    ({"train": {"lr_schedule": "step", "lr_milestones": [30, 20]}}, "runs.paper.lr_milestones: [30, 20] must increase"),
+    ({"train": {"lr_schedule": "step", "lr_milestones": [30, 30]}}, "runs.paper.lr_milestones: [30, 30] must increase"),
+    ({"train": {"lr_schedule": "step", "lr_milestones": [30, 60]}},
+     "runs.paper.lr_milestones: 60 is beyond epochs (50)"),
+    ({"train": {"lr_schedule": "step", "lr_milestones": [0]}},
+     "train.lr_milestones.0: 0 is less than the minimum of 1"),
+    ({"train": {"lr_gamma": 0.5}}, "runs.paper.lr_gamma: set (0.5) for lr_schedule constant, but it is a parameter "
+                                   "of lr_schedule step; remove it, or set lr_schedule: step"),
+    ({"train": {"lr_schedule": "cosine", "lr_patience": 3}},
+     "runs.paper.lr_patience: set (3) for lr_schedule cosine, but it is a parameter of lr_schedule plateau"),
+    ({"sweep": {"lr_gamma": [0.5]}}, "runs.paper.lr_gamma: set (0.5) for lr_schedule constant"),
+    ({"train": {"lr_schedule": "cosine", "warmup_epochs": 50}},
+     "runs.paper.warmup_epochs: 50 leaves no epoch of the cosine decay in 50 epochs"),
+    ({"train": {"nesterov": True, "momentum": 0.0}}, "runs.paper.nesterov: Nesterov momentum needs momentum > 0"),
+    ({"train": {"label_smoothing": 1.0}}, "train.label_smoothing: 1.0 is greater than or equal to the maximum of 1"),
+    ({"train": {"augment_translate": 9}}, "train.augment_translate: 9 is greater than the maximum of 8"),
+    ({"train": {"augment_pca_colour": -0.1}}, "train.augment_pca_colour: -0.1 is less than the minimum of 0"),
+    ({"train": {"init": "xavier"}}, "train.init: 'xavier' is not allowed; allowed values: default, paper"),
+    ({"train": {"lr_schedule": "linear"}},
+     "train.lr_schedule: 'linear' is not allowed; allowed values: constant, step, plateau, cosine"),
+    ({"train": {"validation_images": -1}}, "train.validation_images: -1 is less than the minimum of 0"),
+    ({"train": {"lr_schedule": "plateau", "validation_images": 10, "lr_patience": 0}},
+     "train.lr_patience: 0 is less than the minimum of 1"),
 ])
 def test_config_problems_name_the_key(change, expected):
     problems = config_problems(full(change))
     assert any(expected in problem for problem in problems), problems
+
+
+def test_numbers_and_switches_of_the_recipes_can_be_swept():
+    cfg = full({"sweep": {"augment_translate": [0, 4], "tta_flip": [True, False], "label_smoothing": [0.0, 0.1]}})
+    assert config_problems(config.with_defaults(cfg)) == []
+    runs = expand_runs(cfg)
+    assert "paper-augment_translate4-tta_fliptrue-label_smoothing0.1" in runs and len(runs) == 16
 
 
 def test_a_problem_is_named_once():

@@ -13,13 +13,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_model
 import torch
 import torch.nn.functional as F
 
 from alexnet_cifar import checkpoint
 from alexnet_cifar.config import RunSettings
 from alexnet_cifar.data import Cifar10Arrays
-from alexnet_cifar.engine import Trainer, fit, to_model_input
+from alexnet_cifar.engine import (
+    Evaluation,
+    StopFlag,
+    Trainer,
+    TrainingInterrupted,
+    fit,
+    stop_on_signals,
+    to_model_input,
+)
 from alexnet_cifar.history import read_history
 from alexnet_cifar.models import build_model
 
@@ -237,12 +246,14 @@ def test_a_checkpoint_of_an_older_format_is_set_aside_naming_both_formats(tmp_pa
     settings = RunSettings(model="torchvision", epochs=2, device="cpu")
     trainer = Trainer(settings, arrays(8, 4), torch.device("cpu"))
     old = checkpoint.state(trainer, settings.fingerprint("md5"))
-    old["format"] = 2  # one optimizer state per part of the cut backward pass
-    old["optimizers"] = {"features": old["optimizer"], "classifier": old.pop("optimizer")}
+    old["format"] = 3  # before the augmentation generator, the schedule's state and the lr
+    for key in ("schedule", "lr"):
+        del old[key]
+    del old["rng"]["augment"]
     torch.save(old, tmp_path / "checkpoint.pt")
     messages = []
     assert not checkpoint.resume(tmp_path / "checkpoint.pt", trainer, settings.fingerprint("md5"), log=messages.append)
-    assert any("it has format 2, this version reads format 3" in m for m in messages)
+    assert any("it has format 3, this version reads format 4" in m for m in messages)
     assert len(list(tmp_path.glob("checkpoint.set-aside-*.pt"))) == 1
 
 
@@ -288,6 +299,17 @@ def _damage(ck: dict, part: str) -> None:
         ck["steps_done"] += 1
     elif part == "epoch count":
         ck["epoch"] = 2
+    elif part == "rng: the augmentation state":
+        ck["rng"]["augment"] = ck["rng"]["augment"][:50]
+    elif part == "schedule: a plateau count its history does not give":
+        ck["schedule"]["bad_epochs"] += 1
+    elif part == "lr: not the lr of the last epoch":
+        ck["lr"] *= 10
+    elif part == "history: an lr the schedule does not give":
+        ck["history"][0]["lr"] *= 10
+        ck["lr"] *= 10
+    elif part == "history: a validation accuracy over 100":
+        ck["history"][0]["val_acc"] = 101.0
     else:
         raise AssertionError(part)
 
@@ -295,22 +317,33 @@ def _damage(ck: dict, part: str) -> None:
 DAMAGES = ["model: a weight of another shape", "model: a NaN weight", "model: a missing weight",
            "optimizer: a momentum of another shape", "optimizer: a missing momentum", "rng: the torch state",
            "rng: the data order state", "history: an accuracy over 100", "history: a missing field",
-           "step count", "epoch count"]
+           "step count", "epoch count", "rng: the augmentation state",
+           "schedule: a plateau count its history does not give", "lr: not the lr of the last epoch",
+           "history: an lr the schedule does not give", "history: a validation accuracy over 100"]
+
+#: Every recipe setting on (the plateau, the schedule with a state, for the schedule).
+EVERY_RECIPE = {"augment_flip": True, "augment_translate": 4, "augment_pca_colour": 0.1, "lr_schedule": "plateau",
+                "lr_patience": 1, "lr_max_drops": 2, "nesterov": True, "weight_decay": 5e-4,
+                "label_smoothing": 0.1, "init": "paper", "validation_images": 2, "tta_flip": True}
 
 
 @pytest.fixture(scope="module")
 def first_epoch_checkpoint(tmp_path_factory):
-    """A genuine checkpoint after epoch 1 of 2 (deterministic, one thread) and the history of a
-    fresh, uninterrupted run of the same settings."""
+    """A genuine checkpoint after epoch 1 of 4 (deterministic, one thread count, every recipe
+    setting on) and the history of a fresh, uninterrupted run of the same settings. The network is
+    a small stand-in (tests/tiny_model.py): the checkpoint's logic does not depend on its size, and
+    each of the damaged runs below trains a whole fresh run."""
     torch.set_num_threads(2)  # every run of these tests then uses the same thread count
-    settings = RunSettings(model="torchvision", epochs=2, device="cpu", deterministic=True, eval_batch_size=4)
-    data = arrays(n_train=4, n_test=4)  # one step an epoch: eleven damaged runs stay cheap
-    fresh_dir, stopped_dir = tmp_path_factory.mktemp("fresh"), tmp_path_factory.mktemp("stopped")
-    fresh, _ = fit(settings, data, fresh_dir, torch.device("cpu"), data_md5="md5", log=lambda _: None)
-    with pytest.raises(StopAfterFirstEpoch):
-        fit(settings, data, stopped_dir, torch.device("cpu"), data_md5="md5", log=lambda _: None,
-            on_epoch=_stop_after_first_epoch)
-    return settings, data, torch.load(stopped_dir / "checkpoint.pt", weights_only=True), strip_time(fresh)
+    with tiny_model.registered() as model:
+        settings = RunSettings(model=model, epochs=4, device="cpu", deterministic=True, eval_batch_size=8,
+                               **{**EVERY_RECIPE, "validation_images": 10, "lr": 0.05})
+        data = arrays(n_train=26, n_test=12)  # 10 held out (one a class), 4 steps an epoch
+        fresh_dir, stopped_dir = tmp_path_factory.mktemp("fresh"), tmp_path_factory.mktemp("stopped")
+        fresh, _ = fit(settings, data, fresh_dir, torch.device("cpu"), data_md5="md5", log=lambda _: None)
+        with pytest.raises(StopAfterFirstEpoch):
+            fit(settings, data, stopped_dir, torch.device("cpu"), data_md5="md5", log=lambda _: None,
+                on_epoch=_stop_after_first_epoch)
+        yield settings, data, torch.load(stopped_dir / "checkpoint.pt", weights_only=True), strip_time(fresh)
 
 
 def test_an_intact_checkpoint_resumes_to_the_fresh_run_s_history(first_epoch_checkpoint, tmp_path):
@@ -320,6 +353,28 @@ def test_an_intact_checkpoint_resumes_to_the_fresh_run_s_history(first_epoch_che
     history, resumed = fit(settings, data, tmp_path, torch.device("cpu"), data_md5="md5", log=messages.append)
     assert resumed == 1 and any("after epoch 1" in m for m in messages)
     assert strip_time(history) == fresh
+
+
+def test_a_run_with_every_recipe_setting_stopped_by_sigterm_resumes_to_the_same_history(first_epoch_checkpoint,
+                                                                                        tmp_path):
+    """SIGTERM after epoch 1 (sent by the run to itself, as SLURM would send it): the training stops
+    at its next step keeping the checkpoint; run again, it ends with the uninterrupted history:
+    the augmentation draws, the plateau's state and each epoch's lr included."""
+    settings, data, _, fresh = first_epoch_checkpoint
+    flag = StopFlag()
+
+    def sigterm_after_epoch_1(records):
+        if len(records) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with stop_on_signals(flag), pytest.raises(TrainingInterrupted):
+        fit(settings, data, tmp_path, torch.device("cpu"), data_md5="md5", log=lambda _: None, stop=flag,
+            on_epoch=sigterm_after_epoch_1)
+    assert flag.signum == signal.SIGTERM and (tmp_path / "checkpoint.pt").exists()
+    assert not (tmp_path / "history.jsonl").exists()
+    history, resumed = fit(settings, data, tmp_path, torch.device("cpu"), data_md5="md5", log=lambda _: None)
+    assert resumed == 1 and strip_time(history) == fresh
+    assert all(r["val_acc"] is not None for r in history)
 
 
 @pytest.mark.parametrize("part", DAMAGES)
@@ -352,7 +407,7 @@ def test_a_diverging_run_stops_and_still_writes_its_model(tmp_path):
 def test_weights_that_go_non_finite_in_the_last_update_count_as_divergence(tmp_path, monkeypatch):
     """Every training loss finite, yet the epoch's last update left weights that evaluate to a NaN
     loss (seen with lr 1000): the epoch is marked diverged at its last step, and training stops."""
-    monkeypatch.setattr(Trainer, "evaluate", lambda self: (float("nan"), 10.0))
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, split="test": Evaluation(float("nan"), 10.0, None))
     history, _ = fit(RunSettings(model="torchvision", epochs=3, device="cpu"), arrays(8, 4), tmp_path,
                      torch.device("cpu"), data_md5="md5", log=lambda _: None)
     assert len(history) == 1 and history[0]["diverged_at_step"] == 2  # 8 images: 2 steps

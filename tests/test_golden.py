@@ -17,8 +17,9 @@ REL = 1e-6
 def test_a_default_training_gives_the_golden_history_and_weights(model, tmp_path):
     history = without_seconds(train_golden(model, tmp_path))
     golden = [json.loads(line) for line in golden_path(model).read_text().splitlines()]
-    assert [list(r) for r in history] == [list(r) for r in golden]  # same fields, same order
-    assert same_numbers(flat(history), flat(golden))
+    # the fields added since (validation) are null at the default settings; the rest as recorded
+    assert [{k: r[k] for k in r if k not in golden[0]} for r in history] == [{"val_loss": None, "val_acc": None}] * 2
+    assert same_numbers(flat([{k: r[k] for k in golden[0]} for r in history]), flat(golden))
     recorded = json.loads(golden_path(model, "weights.json").read_text())
     sums = weight_sums(tmp_path / "model.pt")
     assert list(sums) == list(recorded)

@@ -105,7 +105,11 @@ def test_part_3_and_4_compare_graph_with_eager_and_train_at_the_stated_lr(dry_ru
     out, _, report = dry_run
     assert report["parts"]["3"]["passed"] is True
     check = json.loads((out / "graph_vs_eager.json").read_text())
-    assert set(check["torchvision"]) == {"eager", "graph", "graph+fused"}
+    assert set(check["torchvision"]) == {"lr_change", "eager", "eager+recipe", "graph", "graph+fused", "graph+recipe"}
+    change = check["torchvision"]["lr_change"]  # eager on the CPU: the measurement itself works
+    assert change["passed"] and change["lr_after"] == pytest.approx(0.001, rel=0.02)
+    assert [c["lr"][0] for c in check["torchvision"]["graph+recipe"]["checks"]] == [0.001]  # 1 epoch: no change
+    assert check["augmentation_replays"]["skipped"] == "a CUDA graph needs CUDA"
     part4 = report["parts"]["4"]["runs"]["torchvision"]
     assert part4["lr"] == 0.01 and len(part4["history"]) == 2
 

@@ -24,13 +24,16 @@ from alexnet_cifar.metrics import CurveError, read_reference
 TRACEBACK = "Traceback (most recent call last)"
 
 
-def records(epochs: int = 3, diverged: bool = False) -> list[dict]:
-    """A history as engine.fit writes it; with ``diverged`` the last epoch's losses went non-finite."""
+def records(epochs: int = 3, diverged: bool = False, validated: bool = False) -> list[dict]:
+    """A history as engine.fit writes it; with ``diverged`` the last epoch's losses went non-finite;
+    with ``validated`` the run held out validation images."""
     history = [{"epoch": e, "train_loss": 2.3 / e, "train_acc": 100 / 3 * e / epochs, "test_loss": 2.0 / e,
-                "test_acc": 30.0 + e, "lr": 0.001, "seconds": 1.5 * e, "diverged_at_step": None}
+                "test_acc": 30.0 + e, "val_loss": 2.1 / e if validated else None,
+                "val_acc": 29.0 + e if validated else None, "lr": 0.001, "seconds": 1.5 * e, "diverged_at_step": None}
                for e in range(1, epochs + 1)]
     if diverged:
-        history[-1].update(train_loss=None, test_loss=None, test_acc=10.0, diverged_at_step=1234)
+        history[-1].update(train_loss=None, test_loss=None, test_acc=10.0, diverged_at_step=1234,
+                           val_loss=None, val_acc=10.0 if validated else None)
     return history
 
 
@@ -41,8 +44,9 @@ def write_lines(path, lines) -> None:
 # ------------------------------------------------------------------------------------------- history
 
 @pytest.mark.parametrize("diverged", [False, True], ids=["finished", "diverged"])
-def test_history_round_trip(tmp_path, diverged):
-    history = records(diverged=diverged)
+@pytest.mark.parametrize("validated", [False, True], ids=["no-validation", "validation"])
+def test_history_round_trip(tmp_path, diverged, validated):
+    history = records(diverged=diverged, validated=validated)
     write_history(tmp_path / "history.jsonl", history)
     assert read_history(tmp_path / "history.jsonl") == history
     lines = (tmp_path / "history.jsonl").read_text().splitlines()
@@ -51,21 +55,25 @@ def test_history_round_trip(tmp_path, diverged):
 
 
 def test_fields_are_those_the_training_writes():
-    assert FIELDS == ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
-                      "diverged_at_step")
+    assert FIELDS == ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc", "lr",
+                      "seconds", "diverged_at_step")
 
 
-def damage(change):
-    """A 3-epoch history with ``change`` applied to it."""
-    history = records()
-    change(history)
-    return history
+def test_a_history_written_before_validation_existed_stays_readable(tmp_path):
+    old = [{k: v for k, v in r.items() if k not in ("val_loss", "val_acc")} for r in records(diverged=True)]
+    write_lines(tmp_path / "history.jsonl", [json.dumps(r) for r in old])
+    read = read_history(tmp_path / "history.jsonl")
+    assert [r["val_acc"] for r in read] == [r["val_loss"] for r in read] == [None] * 3
+    assert [{k: r[k] for k in old[0]} for r in read] == old
 
 
 BAD_HISTORIES = {
     "missing-field": (lambda h: h[1].pop("test_acc"), "line 2: missing field(s) test_acc"),
-    "unknown-field": (lambda h: h[0].update(val_acc=3.0),
-                      "line 1: unknown field(s) val_acc; a record has exactly epoch"),
+    "unknown-field": (lambda h: h[0].update(valid_acc=3.0),
+                      "line 1: unknown field(s) valid_acc; a record has exactly epoch"),
+    "val-in-a-run-without": (lambda h: h[1].update(val_acc=3.0),
+                             "line 2: val_acc and val_loss should be null, as line 1 has no val_acc"),
+    "val-loss-in-a-run-without": (lambda h: h[0].update(val_loss=1.0), "line 1: val_acc and val_loss should be null"),
     "epoch-bool": (lambda h: h[0].update(epoch=True), "line 1: epoch should be an integer >= 1, found true"),
     "epoch-float": (lambda h: h[1].update(epoch=2.0), "line 2: epoch should be an integer >= 1, found 2.0"),
     "epoch-text": (lambda h: h[1].update(epoch="2"), 'line 2: epoch should be an integer >= 1, found "2"'),
@@ -102,10 +110,27 @@ BAD_HISTORIES = {
 }
 
 
-@pytest.mark.parametrize("change, message", BAD_HISTORIES.values(), ids=BAD_HISTORIES.keys())
-def test_a_broken_history_is_refused_naming_line_and_field(tmp_path, change, message):
+BAD_VALIDATED_HISTORIES = {
+    "val-acc-over-100": (lambda h: h[1].update(val_acc=150.0),
+                         "line 2: val_acc should be a number in [0, 100] (percent) (null only in a run without "
+                         "validation: line 1 has one), found 150.0"),
+    "val-acc-negative": (lambda h: h[0].update(val_acc=-0.5), "line 1: val_acc should be a number in [0, 100]"),
+    "val-acc-missing-later": (lambda h: h[2].update(val_acc=None), "line 3: val_acc should be a number in [0, 100]"),
+    "val-loss-null-not-diverged": (lambda h: h[1].update(val_loss=None),
+                                   "line 2: val_loss should be a number >= 0 (null only without validation or in "
+                                   "the epoch that diverged), found null"),
+    "val-acc-text": (lambda h: h[0].update(val_acc="50"), 'line 1: val_acc should be a number in [0, 100]'),
+}
+
+
+@pytest.mark.parametrize("change, message, validated",
+                         [*((*case, False) for case in BAD_HISTORIES.values()),
+                          *((*case, True) for case in BAD_VALIDATED_HISTORIES.values())],
+                         ids=[*BAD_HISTORIES, *BAD_VALIDATED_HISTORIES])
+def test_a_broken_history_is_refused_naming_line_and_field(tmp_path, change, message, validated):
     path = tmp_path / "history.jsonl"
-    history = damage(change)
+    history = records(validated=validated)
+    change(history)
     with pytest.raises(HistoryError) as err:
         validate_history(history, str(path))
     assert message in str(err.value) and str(path) in str(err.value)

@@ -104,5 +104,6 @@ def test_a_successful_write_replaces_the_file_whole(tmp_path):
 
 def test_csv_has_the_issue_columns():
     frame = metrics.history_frame(history([10.0]))
-    assert list(frame.columns) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
+    assert list(frame.columns) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc",
+                                   "lr", "seconds"]
     assert isinstance(frame, pd.DataFrame)

@@ -37,7 +37,9 @@ def test_every_output_is_complete(finished):
         history = [json.loads(line) for line in (out / f"runs/{run}/history.jsonl").read_text().splitlines()]
         assert {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"} <= set(history[0])
         csv = pd.read_csv(out / f"metrics/{run}.csv")
-        assert list(csv.columns) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
+        assert list(csv.columns) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss",
+                                     "val_acc", "lr", "seconds"]
+        assert csv["val_acc"].isna().all() and (csv["lr"] == (1000.0 if run == "blowup" else 0.001)).all()
         assert csv["epoch"].tolist() == [r["epoch"] for r in history]
         assert csv["test_acc"].between(0, 100).all()
         assert (out / f"runs/{run}/model.pt").stat().st_size > 1_000_000

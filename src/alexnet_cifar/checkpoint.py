@@ -1,8 +1,9 @@
 """A run's checkpoint: everything needed to continue a training after its last completed epoch.
 
 :func:`save` writes it after every epoch; :func:`resume` takes it back all or nothing. Every part
-(model, optimizer, RNG states, history, step count) is read and checked into fresh objects first,
-and the trainer changes only once all of them passed. A checkpoint that fails any check is set
+(model, optimizer, RNG states (the augmentation's included), history, step count, the learning-rate
+schedule's state and the current lr) is read and checked into fresh objects first, and the trainer
+changes only once all of them passed. A checkpoint that fails any check is set
 aside (``checkpoint.set-aside-*.pt``) with a log line naming the part, and the run starts exactly
 as if there had been none.
 """
@@ -19,12 +20,14 @@ import torch
 
 from . import history
 from .atomic import atomic_path
+from .recipes import LrSchedule
 
 if TYPE_CHECKING:
     from .engine import Trainer
 
-#: 3: one optimizer state. (2 held one per part of a cut backward pass; 1 came before it.)
-FORMAT = 3
+#: 4: with the augmentation generator, the schedule's state and the lr. (3 had one optimizer state;
+#: 2 one per part of a cut backward pass; 1 came before it.)
+FORMAT = 4
 
 
 class CheckpointError(ValueError):
@@ -38,7 +41,9 @@ def state(trainer: Trainer, fingerprint: str) -> dict:
         "steps_done": trainer.steps_done, "history": trainer.history,
         "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "data_order": trainer.order_rng.get_state(),
-                "cuda": torch.cuda.get_rng_state(trainer.device) if cuda else None},
+                "cuda": torch.cuda.get_rng_state(trainer.device) if cuda else None,
+                "augment": None if trainer.augment.generator is None else trainer.augment.generator.get_state()},
+        "schedule": trainer.schedule.state_dict(), "lr": trainer.lr,
     }
 
 
@@ -79,15 +84,17 @@ def _checked_parts(ck: Any, trainer: Trainer, fingerprint: str) -> dict:
         raise CheckpointError(f"it has format {ck.get('format')}, this version reads format {FORMAT}")
     if ck.get("fingerprint") != fingerprint:
         raise CheckpointError("it was written by other settings or data")
-    missing = sorted({"epoch", "steps_done", "history", "model", "optimizer", "rng"} - set(ck))
+    missing = sorted({"epoch", "steps_done", "history", "model", "optimizer", "rng", "schedule", "lr"} - set(ck))
     if missing:
         raise CheckpointError(f"it has no {', '.join(missing)}")
     model = _checked_model(ck["model"], trainer.model)
+    history_part = _checked_history(ck, trainer)
     return {
         "model": model,
         "optimizer": _checked_optimizer(ck["optimizer"], trainer, model),
-        "rng": _checked_rng(ck["rng"], trainer.device),
-        "history": _checked_history(ck, trainer),
+        "rng": _checked_rng(ck["rng"], trainer),
+        "history": history_part,
+        "schedule": _checked_schedule(ck, trainer, history_part["records"]),
     }
 
 
@@ -137,13 +144,18 @@ def _checked_optimizer(saved: Any, trainer: Trainer, model: torch.nn.Module) -> 
     return optimizer
 
 
-def _checked_rng(saved: Any, device: torch.device) -> dict:
+def _checked_rng(saved: Any, trainer: Trainer) -> dict:
     """Each RNG state set on a fresh generator, which refuses a state of the wrong kind or size."""
     if not isinstance(saved, dict):
         raise CheckpointError("its RNG states are not a dict")
+    device = trainer.device
     checks = {"torch": torch.device("cpu"), "data_order": device}
     if device.type == "cuda":
         checks["cuda"] = device
+    if trainer.augment.generator is not None:
+        checks["augment"] = device
+    elif saved.get("augment") is not None:
+        raise CheckpointError("its RNG state 'augment' is there, but this run does not augment")
     for name, on in checks.items():
         value = saved.get(name)
         try:
@@ -173,6 +185,21 @@ def _checked_history(ck: dict, trainer: Trainer) -> dict:
     return {"records": records, "steps_done": ck["steps_done"]}
 
 
+def _checked_schedule(ck: dict, trainer: Trainer, records: list[dict]) -> LrSchedule:
+    """The learning-rate schedule after the checkpoint's epochs, replayed from its history (each
+    epoch's lr must be the schedule's); the saved state and lr must be what the replay gives."""
+    try:
+        schedule = LrSchedule.replayed(trainer.s, records)
+    except ValueError as exc:
+        raise CheckpointError(f"its history does not follow the lr schedule: {exc}") from None
+    if ck["schedule"] != schedule.state_dict():
+        raise CheckpointError(f"its schedule state {ck['schedule']!r} is not the one its history gives, "
+                              f"{schedule.state_dict()!r}")
+    if ck["lr"] != records[-1]["lr"]:
+        raise CheckpointError(f"its lr {ck['lr']!r} is not the lr of its last epoch, {records[-1]['lr']!r}")
+    return schedule
+
+
 def _apply(parts: dict, trainer: Trainer) -> None:
     """Move the checked parts into ``trainer``; nothing here can fail on a checked checkpoint."""
     trainer.model.load_state_dict(parts["model"].state_dict())
@@ -182,5 +209,9 @@ def _apply(parts: dict, trainer: Trainer) -> None:
     trainer.order_rng.set_state(rng["data_order"])
     if "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"], trainer.device)
+    if "augment" in rng:
+        trainer.augment.generator.set_state(rng["augment"])
     trainer.history = list(parts["history"]["records"])
     trainer.steps_done = parts["history"]["steps_done"]
+    trainer.schedule = parts["schedule"]
+    trainer.set_lr(trainer.history[-1]["lr"])

@@ -26,19 +26,36 @@ def _option(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+def _whole_numbers(text: str) -> list[int]:
+    """``30,60`` -> [30, 60] (a list setting such as --lr-milestones)."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas (30,60), got {text!r}") from None
+
+
 def add_settings_options(parser: argparse.ArgumentParser) -> None:
     """One option per train setting of the schema. A boolean is a switch away from its default:
-    ``--deterministic`` (default off), ``--no-cuda-graph`` (default on)."""
+    ``--deterministic`` (default off), ``--no-cuda-graph`` (default on); a list is written with
+    commas (``--lr-milestones 30,60``); a setting that may be unset is unset unless given."""
     parser.add_argument("--model", required=True, choices=config.model_names())
     for key, spec in config.train_schema().items():
         default, text = spec["default"], spec["description"]
-        if spec["type"] == "boolean":
+        kinds = [kind for kind in config.types_of(spec) if kind != "null"]
+        shown = "unset" if default is None else default
+        if kinds == ["boolean"]:
             flag = f"--no-{key.replace('_', '-')}" if default else _option(key)
             parser.add_argument(flag, dest=key, action="store_false" if default else "store_true",
                                 help=f"off: {text}" if default else text)
+        elif "enum" in spec:
+            parser.add_argument(_option(key), dest=key, choices=spec["enum"], default=default,
+                                help=f"{text} (default: {shown})")
+        elif kinds == ["array"]:
+            parser.add_argument(_option(key), dest=key, type=_whole_numbers, default=default, metavar="N,N,...",
+                                help=f"{text} (default: {shown})")
         else:
-            parser.add_argument(_option(key), dest=key, type=_TYPES[spec["type"]], default=default,
-                                help=f"{text} (default: {default})")
+            parser.add_argument(_option(key), dest=key, type=_TYPES[kinds[0]], default=default,
+                                help=f"{text} (default: {shown})")
 
 
 def settings_from(args: argparse.Namespace) -> config.RunSettings:

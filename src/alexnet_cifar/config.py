@@ -83,6 +83,21 @@ class RunSettings:
     deterministic: bool = DEFAULTS["deterministic"]
     bf16: bool = DEFAULTS["bf16"]
     channels_last: bool = DEFAULTS["channels_last"]
+    # training recipes (alexnet_cifar.recipes); the defaults are the reported protocol
+    augment_flip: bool = DEFAULTS["augment_flip"]
+    augment_translate: int = DEFAULTS["augment_translate"]
+    augment_pca_colour: float = DEFAULTS["augment_pca_colour"]
+    lr_schedule: str = DEFAULTS["lr_schedule"]
+    lr_milestones: tuple[int, ...] | None = DEFAULTS["lr_milestones"]
+    lr_gamma: float | None = DEFAULTS["lr_gamma"]
+    lr_patience: int | None = DEFAULTS["lr_patience"]
+    lr_max_drops: int | None = DEFAULTS["lr_max_drops"]
+    warmup_epochs: int | None = DEFAULTS["warmup_epochs"]
+    nesterov: bool = DEFAULTS["nesterov"]
+    label_smoothing: float = DEFAULTS["label_smoothing"]
+    init: str = DEFAULTS["init"]
+    validation_images: int = DEFAULTS["validation_images"]
+    tta_flip: bool = DEFAULTS["tta_flip"]
     device: str = DEFAULTS["device"]
     cuda_graph: bool = DEFAULTS["cuda_graph"]
     fused_sgd: bool = DEFAULTS["fused_sgd"]
@@ -97,11 +112,15 @@ class RunSettings:
             raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
         if "model" not in values:
             raise SettingsError(f"model: missing; choose one of: {', '.join(model_names())}")
+        values = dict(values)
+        if isinstance(values.get("lr_milestones"), list):  # frozen settings hold no list
+            values["lr_milestones"] = tuple(values["lr_milestones"])
         return cls(**values)
 
     def result_params(self) -> dict[str, Any]:
-        """The settings that define the result: the training rule's params."""
-        return {key: getattr(self, key) for key in result_keys()}
+        """The settings that define the result: the training rule's params (plain JSON values)."""
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in ((key, getattr(self, key)) for key in result_keys())}
 
     def fingerprint(self, data_md5: str) -> str:
         """Identifies the result this run will produce: its result settings plus its data."""
@@ -110,9 +129,45 @@ class RunSettings:
 
 
 def settings_problems(values: Mapping[str, Any]) -> list[str]:
-    """Every way one run's settings break the schema, each naming the key (for the command line)."""
+    """Every way one run's settings break the schema or the rules between settings that it cannot
+    express (:func:`recipe_problems`), each naming the key (for the command line)."""
     run_schema = {**schema()["definitions"]["run"], "definitions": schema()["definitions"]}
-    return _schema_problems(dict(values), run_schema)
+    problems = _schema_problems(dict(values), run_schema)
+    return problems or recipe_problems(RunSettings.from_mapping(values))
+
+
+#: Each learning-rate schedule's parameters (alexnet_cifar.recipes gives their defaults).
+SCHEDULE_PARAMETERS = {"constant": (), "step": ("lr_milestones", "lr_gamma"),
+                       "plateau": ("lr_patience", "lr_max_drops"), "cosine": ("warmup_epochs",)}
+
+
+def recipe_problems(s: RunSettings) -> list[str]:
+    """The rules between a run's settings that the schema cannot express, as "key: problem"."""
+    problems = []
+    for schedule, keys in SCHEDULE_PARAMETERS.items():
+        for key in keys:
+            if getattr(s, key) is not None and schedule != s.lr_schedule:
+                problems.append(f"{key}: set ({_plain(getattr(s, key))}) for lr_schedule {s.lr_schedule}, but it is a "
+                                f"parameter of lr_schedule {schedule}; remove it, or set lr_schedule: {schedule}")
+    if s.lr_schedule == "plateau" and s.validation_images == 0:
+        problems.append("lr_schedule: plateau lowers the lr when the validation accuracy stalls, but "
+                        "validation_images is 0; set validation_images (e.g. 5000)")
+    milestones = list(s.lr_milestones or [])
+    if any(b <= a for a, b in itertools.pairwise(milestones)):
+        problems.append(f"lr_milestones: {milestones} must increase (each epoch once, in order)")
+    if any(m > s.epochs for m in milestones):
+        problems.append(f"lr_milestones: {max(milestones)} is beyond epochs ({s.epochs}); every milestone "
+                        f"must be at most epochs")
+    if s.warmup_epochs is not None and s.warmup_epochs >= s.epochs:
+        problems.append(f"warmup_epochs: {s.warmup_epochs} leaves no epoch of the cosine decay in {s.epochs} "
+                        f"epochs; use fewer than epochs")
+    if s.nesterov and s.momentum == 0:
+        problems.append("nesterov: Nesterov momentum needs momentum > 0 (momentum is 0)")
+    return problems
+
+
+def _plain(value: Any) -> str:
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
 # -- the workflow's config --------------------------------------------------------------------
@@ -157,7 +212,7 @@ def numbers_from_text(config: Mapping[str, Any]) -> dict[str, Any]:
     needs a dot there: ``1.0e-3``), while ML configs write learning rates that way. Converted once,
     before validation, so run names, params and fingerprints see the number.
     """
-    numeric = {key for key, spec in train_schema().items() if "number" in _types(spec)}
+    numeric = {key for key, spec in train_schema().items() if "number" in types_of(spec)}
 
     def entry_numbers(entry: Any) -> Any:
         if not isinstance(entry, Mapping):
@@ -175,7 +230,8 @@ def numbers_from_text(config: Mapping[str, Any]) -> dict[str, Any]:
     return converted
 
 
-def _types(spec: Mapping[str, Any]) -> list[str]:
+def types_of(spec: Mapping[str, Any]) -> list[str]:
+    """The JSON types a setting's schema allows, as a list ("null" included where it may be unset)."""
     kind = spec.get("type", [])
     return [kind] if isinstance(kind, str) else list(kind)
 
@@ -280,7 +336,9 @@ def config_problems(config: Mapping[str, Any]) -> list[str]:
     names: dict[str, str] = {}
     reserved = reserved_run_names()
     for entry_name in config["runs"]:
-        for run in expand_runs({**config, "runs": {entry_name: config["runs"][entry_name]}}):
+        for run, expanded in expand_runs({**config, "runs": {entry_name: config["runs"][entry_name]}}).items():
+            problems += [f"runs.{entry_name}.{problem}" for problem in recipe_problems(expanded.settings)
+                         if f"runs.{entry_name}.{problem}" not in problems]
             if run in names:
                 problems.append(f"runs.{entry_name}: expands to run {run!r}, as runs.{names[run]} does; "
                                 f"rename one of them")
@@ -293,8 +351,15 @@ def config_problems(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def sweepable_keys() -> list[str]:
+    """Result-defining settings a sweep may list values of: the numbers and true/false ones."""
+    kinds = {"boolean", "integer", "number"}
+    return [key for key in result_keys() if key not in ("model", "seed")
+            and set(types_of(train_schema()[key])) - {"null"} <= kinds and types_of(train_schema()[key])]
+
+
 def _sweep_problems(sweep: Mapping[str, Any]) -> list[str]:
-    sweepable = [key for key in result_keys() if key not in ("model", "seed")]
+    sweepable = sweepable_keys()
     problems = []
     for key, values in sweep.items():
         if key == "seed":
@@ -304,9 +369,12 @@ def _sweep_problems(sweep: Mapping[str, Any]) -> list[str]:
             problems.append("sweep.model: a run entry names its model; give one entry per model under runs:")
         elif key not in train_schema():
             problems.append(f"sweep.{key}: unknown setting; sweepable: {', '.join(sweepable)}")
-        elif key not in sweepable:
+        elif not train_schema()[key]["defines_result"]:
             problems.append(f"sweep.{key}: does not define a result (it says where or how fast a run is "
                             f"computed), so sweeping it would retrain the same run; sweepable: {', '.join(sweepable)}")
+        elif key not in sweepable:
+            problems.append(f"sweep.{key}: only numbers and true/false are swept; give one run entry per "
+                            f"{key} instead")
         else:
             spec = train_schema()[key]
             for value in values:

@@ -280,6 +280,29 @@ def load_npz(path: str | os.PathLike) -> Cifar10Arrays:
     return Cifar10Arrays(**arrays)
 
 
+def validation_split(labels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training indexes, validation indexes) of a training split with ``labels``: ``count`` images
+    held out, per class as equal in number as the classes allow, the last images of each class in
+    the data's order. The same for every run and seed (CIFAR-10's order is already shuffled, and
+    "the last of each class" depends on no random generator or library version); the rest keep
+    their order. Raises DataError if there are not ``count`` images."""
+    if count > len(labels):
+        raise DataError(f"validation_images: {count} asked for, but the training split has only {len(labels)} "
+                        f"images; lower validation_images (or raise dataset.limit_train)")
+    by_class = [np.flatnonzero(labels == c) for c in range(len(CLASSES))]
+    quota = [0] * len(CLASSES)
+    left = count
+    while left:  # one image per class in turn, skipping classes that have none left
+        for c, members in enumerate(by_class):
+            if left and quota[c] < len(members):
+                quota[c] += 1
+                left -= 1
+    held = np.sort(np.concatenate([members[len(members) - q:] for members, q in zip(by_class, quota, strict=True)]))
+    keep = np.ones(len(labels), dtype=bool)
+    keep[held] = False
+    return np.flatnonzero(keep), held.astype(np.int64)
+
+
 def _check_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Check one split of the prepared file; return its labels as int64."""
     def fail(problem: str) -> DataError:

@@ -21,7 +21,10 @@ the torch version was not recorded then, the GPU script records it now)::
 The graph and eager paths trained alike over two epochs with evaluation between them
 (``docs/gpu/graph_vs_eager.json``). The update is PyTorch's multi-tensor (foreach) SGD, the one
 measured there; the fused kernel (``fused_sgd``) is an option until a GPU shows it faster inside
-the graph. Checkpoints: :mod:`alexnet_cifar.checkpoint`.
+the graph. Checkpoints: :mod:`alexnet_cifar.checkpoint`. Training recipes (augmentation inside the
+step, the learning rate of each epoch, the paper's initialisation): :mod:`alexnet_cifar.recipes`;
+a validation split held out of the training images is evaluated with the test set after every
+epoch.
 """
 from __future__ import annotations
 
@@ -37,9 +40,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, history
+from . import checkpoint, history, recipes
 from .atomic import atomic_path
-from .config import RunSettings
+from .config import RunSettings, SettingsError
+from .data import validation_split
 from .models import build_model, get_spec
 
 MODEL_FILE, CHECKPOINT_FILE = "model.pt", "checkpoint.pt"
@@ -88,9 +92,14 @@ def configure_determinism(deterministic: bool, device: torch.device) -> None:
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
 
 
-def to_model_input(images_u8: torch.Tensor, size: int, channels_last: bool = False) -> torch.Tensor:
-    """uint8 NCHW 32x32 -> float in [-1, 1] (ToTensor + Normalize(0.5, 0.5)), bilinear to size x size."""
-    x = images_u8.float().mul_(2.0 / 255.0).sub_(1.0)
+def to_model_input(images_u8: torch.Tensor, size: int, channels_last: bool = False,
+                   augment: recipes.Augmenter | None = None) -> torch.Tensor:
+    """uint8 NCHW 32x32 -> float in [-1, 1] (ToTensor + Normalize(0.5, 0.5)), bilinear to size x size;
+    with ``augment``, the batch is augmented at 32x32 on its way to [-1, 1]."""
+    if augment is not None and augment.active:
+        x = augment(images_u8)
+    else:
+        x = images_u8.float().mul_(2.0 / 255.0).sub_(1.0)
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -123,9 +132,18 @@ class EpochTotals:
         self.step.fill_(first_step)
 
 
+@dataclass
+class Evaluation:
+    """One split's evaluation: mean cross-entropy, accuracy (%) and each image's predicted class."""
+
+    loss: float
+    acc: float
+    predicted: torch.Tensor  # int64 on the device, one class per image
+
+
 class Trainer:
-    """One run's training state (model, optimizer, data on the device, RNGs, history so far):
-    ``train_epoch`` and ``evaluate`` advance and measure it; :func:`fit` drives it."""
+    """One run's training state (model, optimizer, data on the device, RNGs, learning-rate schedule,
+    history so far): ``train_epoch`` and ``evaluate`` advance and measure it; :func:`fit` drives it."""
 
     def __init__(self, settings: RunSettings, data, device: torch.device, *,
                  stop: StopFlag | None = None, poll_every: int = 1000,
@@ -137,16 +155,32 @@ class Trainer:
         self.input_size = get_spec(settings.model).input_size
         configure_determinism(settings.deterministic, device)
         torch.manual_seed(settings.seed)
-        self.model = build_model(settings.model, settings.num_classes, settings.deterministic).to(device)
+        self.model = build_model(settings.model, settings.num_classes, settings.deterministic)
+        if settings.init == "paper":
+            recipes.paper_init(self.model)
+        self.model = self.model.to(device)
         if settings.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = self.make_optimizer(self.model)
         self.order_rng = torch.Generator(device=device)
         self.order_rng.manual_seed(settings.seed)
-        self.train_x = torch.as_tensor(data.train_images).to(device)
-        self.train_y = torch.as_tensor(data.train_labels, dtype=torch.int64).to(device)
+        train_images, train_labels = data.train_images, data.train_labels
+        self.val_index = None  # which training images are held out for validation
+        if settings.validation_images:
+            keep, self.val_index = validation_split(train_labels, settings.validation_images)
+            self.val_x = torch.as_tensor(train_images[self.val_index]).to(device)
+            self.val_y = torch.as_tensor(train_labels[self.val_index], dtype=torch.int64).to(device)
+            train_images, train_labels = train_images[keep], train_labels[keep]
+        if len(train_labels) < settings.batch_size:
+            raise SettingsError(
+                f"validation_images: {settings.validation_images} held out leaves {len(train_labels)} training "
+                f"image(s), fewer than one batch of {settings.batch_size}; lower validation_images or batch_size")
+        self.train_x = torch.as_tensor(train_images).to(device)
+        self.train_y = torch.as_tensor(train_labels, dtype=torch.int64).to(device)
         self.test_x = torch.as_tensor(data.test_images).to(device)
         self.test_y = torch.as_tensor(data.test_labels, dtype=torch.int64).to(device)
+        self.augment = recipes.Augmenter(settings, train_images, device)
+        self.schedule = recipes.LrSchedule(settings)
         self.totals = EpochTotals(device)
         self.batch_idx = torch.zeros(settings.batch_size, dtype=torch.int64, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -159,7 +193,27 @@ class Trainer:
         """SGD with this run's settings over ``model`` (the checkpoint loader builds one too)."""
         s = self.s
         return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
-                               fused=s.fused_sgd, foreach=not s.fused_sgd)
+                               nesterov=s.nesterov, fused=s.fused_sgd, foreach=not s.fused_sgd)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the steps to come (it changes between epochs only).
+
+        The SGD update takes the lr as a number, and a captured CUDA graph replays the number it was
+        captured with: a graph made before a change would silently train at the old lr. So a change
+        drops the graph, and the next full batch captures the step anew (the optimizer's state
+        exists by then: no warm-up). The alternative, an lr tensor on the device that the update
+        reads at every replay, works only with the fused SGD kernel, which stays an option until a
+        GPU has measured it; one capture an epoch costs milliseconds. GPU part 3 checks, from the
+        weights, that a replay after a change applies the new lr."""
+        if lr == self.lr:
+            return
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.graph = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -172,14 +226,15 @@ class Trainer:
                               cache_enabled=not self.use_graph)
 
     def _step(self, idx: torch.Tensor) -> None:
-        """One SGD step on the images at ``idx``; everything it produces stays on the device."""
+        """One SGD step on the images at ``idx`` (augmented, if the recipe says so); everything it
+        produces stays on the device."""
         t = self.totals
-        x = to_model_input(self.train_x.index_select(0, idx), self.input_size, self.s.channels_last)
+        x = to_model_input(self.train_x.index_select(0, idx), self.input_size, self.s.channels_last, self.augment)
         y = self.train_y.index_select(0, idx)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             logits = self.model(x)
-        loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.s.label_smoothing)
         loss.backward()
         self.optimizer.step()
         loss = loss.detach()
@@ -209,6 +264,10 @@ class Trainer:
                 return
             if self.graph is None:  # capturing records the step without running it
                 self.graph = torch.cuda.CUDAGraph()
+                if self.augment.generator is not None and torch.__version__ < (2, 14):
+                    # a generator of our own draws new numbers at every replay only once registered;
+                    # from torch 2.14 on that is automatic and the call only warns
+                    self.graph.register_generator_state(self.augment.generator)
                 self.optimizer.zero_grad(set_to_none=True)
                 with torch.cuda.graph(self.graph):
                     self._step(self.batch_idx)
@@ -243,22 +302,33 @@ class Trainer:
                 first_bad if first_bad >= 0 else None)
 
     # -- the evaluation -------------------------------------------------------------------
+    @property
+    def validating(self) -> bool:
+        return self.val_index is not None
+
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy (%) on the test set, in large batches, dropout off."""
+    def evaluate(self, split: str = "test") -> Evaluation:
+        """Mean cross-entropy (without label smoothing), accuracy (%) and predictions on the
+        ``test`` or ``val`` split, in large batches, dropout off; with ``tta_flip`` each image's
+        logits are averaged with its mirror's."""
+        images, labels = (self.test_x, self.test_y) if split == "test" else (self.val_x, self.val_y)
         self.model.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        n, eb = self.test_x.shape[0], self.s.eval_batch_size
+        predicted = torch.empty(len(labels), dtype=torch.int64, device=self.device)
+        n, eb = images.shape[0], self.s.eval_batch_size
         for start in range(0, n, eb):
-            x = to_model_input(self.test_x[start:start + eb], self.input_size, self.s.channels_last)
-            y = self.test_y[start:start + eb]
+            x = to_model_input(images[start:start + eb], self.input_size, self.s.channels_last)
+            y = labels[start:start + eb]
             with self._autocast():
                 logits = self.model(x).float()
+                if self.s.tta_flip:
+                    logits = 0.5 * (logits + self.model(x.flip(-1)).float())
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
+            predicted[start:start + eb] = logits.argmax(1)
+            correct += (predicted[start:start + eb] == y).sum()
         self.model.train()
-        return float(loss_sum.item()) / n, 100.0 * int(correct.item()) / n
+        return Evaluation(float(loss_sum.item()) / n, 100.0 * int(correct.item()) / n, predicted)
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -271,7 +341,10 @@ def format_epoch_line(record: dict, epochs: int, eta_seconds: float | None) -> s
 
     line = (f"epoch {record['epoch']}/{epochs} train_loss {num('train_loss', '.4f')} "
             f"train_acc {num('train_acc', '.2f')}% test_loss {num('test_loss', '.4f')} "
-            f"test_acc {num('test_acc', '.2f')}% {record['seconds']:.1f}s")
+            f"test_acc {num('test_acc', '.2f')}%")
+    if record.get("val_acc") is not None:
+        line += f" val_loss {num('val_loss', '.4f')} val_acc {num('val_acc', '.2f')}%"
+    line += f" lr {record['lr']:.3g} {record['seconds']:.1f}s"
     if record.get("diverged_at_step") is not None:
         line += f" DIVERGED at step {record['diverged_at_step']}: training stopped"
     elif eta_seconds is not None:
@@ -298,16 +371,22 @@ def fit(settings: RunSettings, data, out_dir: str | os.PathLike, device: torch.d
     diverged = False
     while len(records) < settings.epochs and not diverged:
         started = time.perf_counter()
+        epoch = len(records) + 1
+        trainer.set_lr(trainer.schedule.lr(epoch))
         train_loss, train_acc, bad_step = trainer.train_epoch()
-        test_loss, test_acc = trainer.evaluate()  # reads the results: the epoch's work is done
-        if bad_step is None and not math.isfinite(test_loss):
+        test = trainer.evaluate("test")  # reads the results: the epoch's work is done
+        val = trainer.evaluate("val") if trainer.validating else None
+        if bad_step is None and not math.isfinite(test.loss):
             bad_step = trainer.steps_done  # every loss was finite, but the last updates were not
         records.append({
-            "epoch": len(records) + 1, "train_loss": _finite_or_none(train_loss), "train_acc": train_acc,
-            "test_loss": _finite_or_none(test_loss), "test_acc": test_acc, "lr": settings.lr,
-            "seconds": time.perf_counter() - started, "diverged_at_step": bad_step,
+            "epoch": epoch, "train_loss": _finite_or_none(train_loss), "train_acc": train_acc,
+            "test_loss": _finite_or_none(test.loss), "test_acc": test.acc,
+            "val_loss": None if val is None else _finite_or_none(val.loss), "val_acc": None if val is None else val.acc,
+            "lr": trainer.lr, "seconds": time.perf_counter() - started, "diverged_at_step": bad_step,
         })
         diverged = bad_step is not None
+        if not diverged:
+            trainer.schedule.observe(records[-1]["val_acc"])
         mean_seconds = sum(r["seconds"] for r in records) / len(records)
         log(format_epoch_line(records[-1], settings.epochs, mean_seconds * (settings.epochs - len(records))))
         if not diverged and len(records) < settings.epochs:

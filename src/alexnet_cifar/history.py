@@ -4,7 +4,9 @@ checks and writes it.
 Everything after training (the CSV, the facts, the figures, the summary) is derived from this file,
 so a damaged or hand-edited history is refused with the line and field named, never summarised.
 A record has exactly :data:`FIELDS`. A loss that went non-finite is written as ``null`` (JSON has
-no NaN), which only the epoch that diverged may hold, and that epoch is the last one.
+no NaN), which only the epoch that diverged may hold, and that epoch is the last one. The
+validation accuracy and loss are ``null`` in every record of a run without validation images;
+histories written before validation existed lack the two fields and are read with them ``null``.
 """
 from __future__ import annotations
 
@@ -39,13 +41,15 @@ _RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "train_acc": (lambda v: _number(v) and 0 <= v <= 100, "a number in [0, 100] (percent)"),
     "test_loss": (lambda v: _number(v) and v >= 0, "a number >= 0"),
     "test_acc": (lambda v: _number(v) and 0 <= v <= 100, "a number in [0, 100] (percent)"),
+    "val_loss": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "val_acc": (lambda v: _number(v) and 0 <= v <= 100, "a number in [0, 100] (percent)"),
     "lr": (lambda v: _number(v) and v > 0, "a number > 0"),
     "seconds": (lambda v: _number(v) and v >= 0, "a number >= 0"),
     "diverged_at_step": (lambda v: v is None or _count(v), "null or an integer >= 1"),
 }
 FIELDS = tuple(_RULES)
-#: losses that are null (non-finite) in the epoch that diverged
-_NULL_WHEN_DIVERGED = ("train_loss", "test_loss")
+#: fields that histories written before validation existed do not have: read as null
+_ADDED_LATER = ("val_loss", "val_acc")
 _FIX = "the training writes this file: restore it, or delete it and rerun the training"
 
 
@@ -59,9 +63,12 @@ def validate_history(records: list[dict], source: str) -> list[dict]:
 
     if not records:
         raise HistoryError(f"{source} holds no epoch: a history has one record per completed epoch; {_FIX}")
+    validated = isinstance(records[0], dict) and records[0].get("val_acc") is not None  # as line 1 says
     for line, record in enumerate(records, 1):
         if not isinstance(record, dict):
             raise fail(line, f"expected a JSON object with {', '.join(FIELDS)}, found {_show(record)}")
+        if not any(f in record for f in _ADDED_LATER):  # written before validation existed
+            record.update(dict.fromkeys(_ADDED_LATER))
         missing = [f for f in FIELDS if f not in record]
         if missing:
             raise fail(line, f"missing field(s) {', '.join(missing)}")
@@ -70,14 +77,23 @@ def validate_history(records: list[dict], source: str) -> list[dict]:
             raise fail(line, f"unknown field(s) {', '.join(map(str, unknown))}; "
                              f"a record has exactly {', '.join(FIELDS)}")
         diverged = record["diverged_at_step"] is not None
+        # where a field may be null: a loss that went non-finite in the epoch that diverged; the
+        # validation fields in a run without validation (whose first line has no val_acc)
+        may_be_null = {"train_loss": (diverged, "in the epoch that diverged"),
+                       "test_loss": (diverged, "in the epoch that diverged"),
+                       "val_loss": (diverged or not validated, "without validation or in the epoch that diverged"),
+                       "val_acc": (not validated, "in a run without validation: line 1 has one")}
         for field, (ok, expected) in _RULES.items():
             value = record[field]
-            if field in _NULL_WHEN_DIVERGED:
-                if value is None and diverged:
-                    continue
-                expected += " (null only in the epoch that diverged)"
+            null_ok, when = may_be_null.get(field, (False, ""))
+            if value is None and null_ok:
+                continue
             if not ok(value):
-                raise fail(line, f"{field} should be {expected}, found {_show(value)}")
+                raise fail(line, f"{field} should be {expected}{f' (null only {when})' if when else ''}, "
+                                 f"found {_show(value)}")
+        if not validated and (record["val_acc"], record["val_loss"]) != (None, None):
+            raise fail(line, "val_acc and val_loss should be null, as line 1 has no val_acc: a run has a "
+                             "validation accuracy in every epoch or in none")
         if record["epoch"] != line:
             raise fail(line, f"epoch should be {line} (epochs run 1, 2, 3, ... without gaps or repeats), "
                              f"found {record['epoch']}")

@@ -14,14 +14,15 @@ import pandas as pd
 from .atomic import atomic_path, write_text
 from .errors import UserError
 
-CSV_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
+CSV_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc", "lr", "seconds"]
 SUMMARY_COLUMNS = ["run", "setting", "seed", "model", "peak_test_acc", "peak_epoch", "final_test_acc", "epochs",
                    "train_seconds", "diverged_at_epoch"]
 CHECKPOINT_EPOCHS = (1, 5, 10, 25, 50)
 
 
 def history_frame(history: list[dict]) -> pd.DataFrame:
-    """The per-epoch table (accuracies in percent); empty losses where training went non-finite."""
+    """The per-epoch table (accuracies in percent); empty losses where training went non-finite,
+    empty validation cells in a run without validation; ``lr`` is each epoch's own."""
     frame = pd.DataFrame(history, columns=CSV_COLUMNS)
     return frame.astype({"epoch": int}) if len(frame) else frame
 

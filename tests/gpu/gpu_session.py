@@ -7,7 +7,9 @@ Run through ``tests/gpu/gpu_session.sh`` (which sets the paths). Parts, in this 
    is not a multiple of the batch size (the last, smaller batch after graph capture) and the
    evaluation;
 2. the bench of every loop, with ``--profile``;
-3. graph against eager (``check_graph_vs_eager.py``), the fused SGD update inside the graph too;
+3. graph against eager (``check_graph_vs_eager.py``), the fused SGD update and a training recipe
+   (augmentation, a cosine schedule) inside the graph too; from the weights, that a replayed step
+   after an lr change applies the new lr; that the augmentation draws anew at every replay;
 4. both models at lr 0.01 (``config/as-stated.yaml``) for 2 epochs;
 5. with the time left, the paper model at the default config, its history saved after every
    epoch; it resumes from its checkpoint in the work folder in the next call.

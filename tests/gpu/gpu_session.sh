@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU session within a deadline, in parts (see tests/gpu/gpu_session.py for what each proves):
-#   1 default training path, 1 epoch   2 bench + profile   3 graph vs eager
+#   1 default training path, 1 epoch   2 bench + profile   3 graph vs eager, lr change, augmentation
 #   4 both models at lr 0.01, 2 epochs 5 the paper model at the default config, resumable
 #
 # usage: tests/gpu/gpu_session.sh --deadline SECONDS --out OUT [--parts 1,2,...]

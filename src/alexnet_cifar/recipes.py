@@ -1,0 +1,221 @@
+"""Training recipes: augmentation, learning-rate schedules and the paper's initialisation, in one
+file, so that a reader finds what a recipe does to the data, the step size and the first weights
+here, and the engine (:mod:`alexnet_cifar.engine`) stays the step and the loop.
+
+Every setting defaults to the reported protocol (no augmentation, a constant learning rate,
+PyTorch's initialisation); at the defaults nothing here draws a random number or changes a value.
+
+- :class:`Augmenter`: per-image flips, shifts and the paper's PCA colour noise, on the training
+  device, inside the training step (and so inside its CUDA graph), drawn from the run's own
+  seeded generator. torchvision's batched transforms draw one random choice per call, not per
+  image, so these are written here.
+- :class:`LrSchedule`: the learning rate of each epoch (constant, step, plateau, cosine).
+- :func:`paper_init`: the 2012 paper's weights N(0, 0.01) and biases of 0 or 1.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import RunSettings, SettingsError
+
+#: The defaults of the schedules' parameters, used where a setting is unset (null); config/README.md
+#: documents them. Step's milestones default to half and three quarters of the epochs.
+STEP_GAMMA, PLATEAU_PATIENCE, PLATEAU_MAX_DROPS, COSINE_WARMUP_EPOCHS = 0.1, 5, 3, 0
+PLATEAU_FACTOR = 0.1  # lr / 10 at each drop, as the paper did by hand
+
+
+# -- augmentation -----------------------------------------------------------------------------
+
+def augmentation_seed(seed: int) -> int:
+    """The augmentation generator's seed, derived from the run's seed: a generator seeded like the
+    data order's would draw the same stream."""
+    return int.from_bytes(hashlib.sha256(f"augment:{seed}".encode()).digest()[:8], "little") >> 1
+
+
+def rgb_pca(images_u8: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and eigenvectors (columns) of the 3x3 covariance of the RGB values
+    of ``images_u8`` (N, 3, H, W) as pixels in [0, 1], accumulated in float64 over chunks (the
+    whole training set at once would take gigabytes)."""
+    count, total, outer = 0, np.zeros(3), np.zeros((3, 3))
+    for start in range(0, len(images_u8), chunk):
+        pixels = images_u8[start:start + chunk].astype(np.float64).transpose(1, 0, 2, 3).reshape(3, -1) / 255.0
+        count += pixels.shape[1]
+        total += pixels.sum(axis=1)
+        outer += pixels @ pixels.T
+    mean = total / count
+    covariance = outer / count - np.outer(mean, mean)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)  # ascending
+    return eigenvalues[::-1].copy(), eigenvectors[:, ::-1].copy()
+
+
+class Augmenter:
+    """The training images' augmentation, applied to each batch inside the training step.
+
+    Per image and per step, from ``generator`` (on the training device, no host work or sync, so
+    a captured CUDA graph draws new values at every replay): a left-right flip with probability
+    1/2; a shift by up to ``translate`` pixels in x and y at 32x32, the uncovered border black;
+    the paper's colour noise, sum_i alpha_i lambda_i p_i added to every pixel in [0, 1], alpha_i
+    ~ N(0, ``pca_colour``), over the eigenvectors p_i and eigenvalues lambda_i of the training
+    split's RGB covariance (no clamping). Then the images go to [-1, 1] and are resized, as without
+    augmentation. ``generator`` is None when every augmentation is off.
+    """
+
+    def __init__(self, settings: RunSettings, train_images_u8: np.ndarray, device: torch.device) -> None:
+        self.flip, self.translate = settings.augment_flip, settings.augment_translate
+        self.pca_colour = settings.augment_pca_colour
+        self.active = self.flip or self.translate > 0 or self.pca_colour > 0
+        self.generator: torch.Generator | None = None
+        if self.active:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(augmentation_seed(settings.seed))
+        self.pca_scale: torch.Tensor | None = None  # eigenvalues x eigenvectors: (3 components, 3 channels)
+        if self.pca_colour > 0:
+            eigenvalues, eigenvectors = rgb_pca(train_images_u8)
+            self.pca_scale = torch.as_tensor(eigenvalues[:, None] * eigenvectors.T, dtype=torch.float32,
+                                             device=device)
+
+    def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """A batch of uint8 (B, 3, 32, 32) images -> float in [-1, 1], augmented, still 32x32."""
+        g, batch = self.generator, images_u8.shape[0]
+        x = images_u8
+        if self.flip:
+            mirror = torch.rand(batch, generator=g, device=x.device) < 0.5
+            x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
+        if self.translate > 0:
+            shifts = torch.randint(-self.translate, self.translate + 1, (batch, 2), generator=g, device=x.device)
+            x = shift_images(x, shifts, self.translate)
+        x = x.float().div_(255.0)
+        if self.pca_colour > 0:
+            alphas = torch.randn(batch, 3, generator=g, device=x.device).mul_(self.pca_colour)
+            x = x + self.colour_noise(alphas)[:, :, None, None]
+        return x.mul_(2.0).sub_(1.0)
+
+    def colour_noise(self, alphas: torch.Tensor) -> torch.Tensor:
+        """The RGB offsets that per-component draws ``alphas`` (B, 3) add to every pixel of their image."""
+        return alphas @ self.pca_scale
+
+
+def shift_images(images: torch.Tensor, shifts: torch.Tensor, limit: int) -> torch.Tensor:
+    """Each image of ``images`` (B, C, H, W) moved by its own ``shifts`` (B, 2: dy, dx, each in
+    [-limit, limit]) pixels, the uncovered border 0: out[y, x] = in[y - dy, x - dx].
+
+    One gather from a zero-padded copy (index arithmetic on the device: no host sync, so it can sit
+    in a CUDA graph); torchvision's RandomCrop draws one offset per call, not per image."""
+    b, _, h, w = images.shape
+    padded = nn.functional.pad(images, (limit, limit, limit, limit))
+    rows = torch.arange(h, device=images.device)[None, :] - shifts[:, :1] + limit  # (B, H)
+    cols = torch.arange(w, device=images.device)[None, :] - shifts[:, 1:] + limit  # (B, W)
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (B, H, W, C) -> NCHW
+
+
+# -- learning-rate schedules ------------------------------------------------------------------
+
+def schedule_parameters(settings: RunSettings) -> dict[str, Any]:
+    """The parameters of the run's schedule, each the setting or, where unset, its default."""
+    s, epochs = settings, settings.epochs
+    if s.lr_schedule == "step":
+        milestones = s.lr_milestones if s.lr_milestones is not None else \
+            sorted({m for m in (epochs // 2, 3 * epochs // 4) if m >= 1})
+        return {"lr_milestones": list(milestones), "lr_gamma": s.lr_gamma if s.lr_gamma is not None else STEP_GAMMA}
+    if s.lr_schedule == "plateau":
+        return {"lr_patience": s.lr_patience if s.lr_patience is not None else PLATEAU_PATIENCE,
+                "lr_max_drops": s.lr_max_drops if s.lr_max_drops is not None else PLATEAU_MAX_DROPS}
+    if s.lr_schedule == "cosine":
+        return {"warmup_epochs": s.warmup_epochs if s.warmup_epochs is not None else COSINE_WARMUP_EPOCHS}
+    return {}
+
+
+class LrSchedule:
+    """The learning rate of every epoch (epochs count from 1; E = ``epochs``, lr = ``settings.lr``):
+
+    - ``constant``: lr.
+    - ``step``: lr x gamma^k, k the number of milestones m < e (PyTorch's MultiStepLR: the drop
+      applies from epoch m + 1).
+    - ``plateau``: after an epoch whose validation accuracy is not above the best so far for
+      ``lr_patience`` epochs in a row, lr / 10 and the count restarts, at most ``lr_max_drops``
+      times. The only schedule with a state (:meth:`state_dict`), which :meth:`observe` advances.
+    - ``cosine``: lr x e / w for e <= w, then lr x (1 + cos(pi (e - w - 1) / (E - w))) / 2,
+      w = ``warmup_epochs``; never 0.
+
+    The learning rate changes at most once an epoch, between epochs.
+    """
+
+    def __init__(self, settings: RunSettings) -> None:
+        self.kind, self.base, self.epochs = settings.lr_schedule, settings.lr, settings.epochs
+        self.params = schedule_parameters(settings)
+        self.drops, self.best, self.bad_epochs = 0, None, 0  # the plateau's state
+
+    def lr(self, epoch: int) -> float:
+        """The learning rate of ``epoch`` (for ``plateau``: given the epochs observed so far)."""
+        if self.kind == "step":
+            k = sum(m < epoch for m in self.params["lr_milestones"])
+            return self.base * self.params["lr_gamma"] ** k
+        if self.kind == "plateau":
+            return self.base * PLATEAU_FACTOR ** self.drops
+        if self.kind == "cosine":
+            w = self.params["warmup_epochs"]
+            if epoch <= w:
+                return self.base * epoch / w
+            return self.base * 0.5 * (1 + math.cos(math.pi * (epoch - w - 1) / (self.epochs - w)))
+        return self.base
+
+    def observe(self, val_acc: float | None) -> None:
+        """Take an epoch's validation accuracy into account (only ``plateau`` uses it)."""
+        if self.kind != "plateau":
+            return
+        if val_acc is None:
+            raise ValueError("the plateau schedule needs the validation accuracy of every epoch")
+        if self.best is None or val_acc > self.best:
+            self.best, self.bad_epochs = val_acc, 0
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs >= self.params["lr_patience"] and self.drops < self.params["lr_max_drops"]:
+            self.drops, self.bad_epochs = self.drops + 1, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"drops": self.drops, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    @classmethod
+    def replayed(cls, settings: RunSettings, records: Sequence[Mapping[str, Any]]) -> LrSchedule:
+        """The schedule after the epochs of ``records`` (a history): what a checkpoint must hold.
+        Raises ValueError at the first record whose lr is not the schedule's."""
+        schedule = cls(settings)
+        for record in records:
+            expected = schedule.lr(record["epoch"])
+            if record["lr"] != expected:
+                raise ValueError(f"epoch {record['epoch']} trained at lr {record['lr']!r}, the schedule "
+                                 f"gives {expected!r}")
+            schedule.observe(record.get("val_acc"))
+        return schedule
+
+
+# -- the paper's initialisation ---------------------------------------------------------------
+
+#: Layers (by position: convolutions 1-5, then the linear layers fc6, fc7, fc8) whose bias the
+#: paper sets to 1, "to accelerate the early stages of learning by providing the ReLUs with
+#: positive inputs"; every other bias is 0.
+PAPER_BIAS_ONE = {"conv": (2, 4, 5), "linear": (1, 2)}
+
+
+def paper_init(model: nn.Module) -> None:
+    """Every weight from N(0, 0.01), the biases of conv2, conv4, conv5, fc6 and fc7 1, the others 0
+    (Krizhevsky et al. 2012, section 5). Layers are found by position, so the torchvision model,
+    whose layers differ in width, is initialised the same way."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if (len(convs), len(linears)) != (5, 3):
+        raise SettingsError(f"init: paper needs AlexNet's 5 convolutions and 3 linear layers, this model has "
+                            f"{len(convs)} and {len(linears)}")
+    with torch.no_grad():
+        for kind, layers in (("conv", convs), ("linear", linears)):
+            for position, layer in enumerate(layers, 1):
+                layer.weight.normal_(0.0, 0.01)
+                layer.bias.fill_(1.0 if position in PAPER_BIAS_ONE[kind] else 0.0)
