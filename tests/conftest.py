@@ -14,7 +14,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests import the cifar_archive helper module
 
+import tiny_model  # noqa: E402
 from cifar_archive import build_archive  # noqa: E402
+
+
+@pytest.fixture
+def tiny():
+    """The name of a small stand-in AlexNet (tests/tiny_model.py), registered for the test."""
+    with tiny_model.registered() as name:
+        yield name
 
 
 @pytest.fixture(scope="session")
@@ -104,10 +112,11 @@ def http_server(tmp_path_factory):
     thread.join(timeout=5)
 
 
-#: The longest files first (about 3.5, 3, 2.5 and 1.5 minutes on 2 cores): under pytest-xdist with
-#: --dist loadfile (``make test``) each file goes to one worker, and this order lets the two workers
-#: finish together; the SLURM tests, which mostly wait for the scheduler, overlap the rest.
-LONGEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_engine.py", "test_gpu_script.py")
+#: The longest files first (about 4.5, 4, 4 and 2 minutes on 2 cores, beside the other worker):
+#: under pytest-xdist with --dist loadfile (``make test``) each file goes to one worker, and this
+#: order lets the two workers finish together; the SLURM tests, which mostly wait for the
+#: scheduler, overlap a file that computes.
+LONGEST_FIRST = ("test_gpu_script.py", "test_workflow.py", "test_slurm.py", "test_engine.py", "test_packaging.py")
 
 
 def pytest_collection_modifyitems(items) -> None:

@@ -50,19 +50,20 @@ def no_dropout(model):
     return model
 
 
-def test_engine_matches_a_straightforward_loop():
-    """Same seed, dropout off: the engine's per-epoch losses and final weights equal a plain loop's."""
+def test_engine_matches_a_straightforward_loop(tiny):
+    """Same seed, dropout off: the engine's per-epoch losses and final weights equal a plain loop's
+    (on the stand-in AlexNet: the loop's logic does not depend on the network's size)."""
     torch.set_num_threads(2)
     data, epochs = arrays(n_train=10), 2  # 10 images: two full batches of 4 and one of 2
     # The protocol's lr: at 0.01 rounding differences (the two scale the pixels in another order)
-    # grew to 1e-4 within 18 steps, at 0.001 they stayed at 1e-9.
-    settings = RunSettings(model="torchvision", epochs=epochs, lr=0.001, device="cpu")
+    # grew to 1e-4 within 18 steps of the torchvision AlexNet, at 0.001 they stayed at 1e-9.
+    settings = RunSettings(model=tiny, epochs=epochs, lr=0.001, device="cpu")
     trainer = Trainer(settings, data, torch.device("cpu"))
     no_dropout(trainer.model)
     engine_losses = [trainer.train_epoch()[0] for _ in range(epochs)]
 
     torch.manual_seed(settings.seed)
-    model = no_dropout(build_model("torchvision"))
+    model = no_dropout(build_model(tiny))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     order_rng = torch.Generator().manual_seed(settings.seed)
     images, labels = torch.from_numpy(data.train_images), torch.from_numpy(data.train_labels)
@@ -70,7 +71,8 @@ def test_engine_matches_a_straightforward_loop():
     for _ in range(epochs):
         total = 0.0
         for batch in torch.randperm(len(labels), generator=order_rng).split(4):
-            x = F.interpolate(images[batch].float() / 127.5 - 1, size=(224, 224), mode="bilinear")
+            size = trainer.input_size
+            x = F.interpolate(images[batch].float() / 127.5 - 1, size=(size, size), mode="bilinear")
             loss = F.cross_entropy(model(x), labels[batch])
             optimizer.zero_grad()
             loss.backward()
@@ -100,12 +102,12 @@ def strip_time(history):
 
 #: Steps an epoch in the subprocess tests: a stop asked for in the second epoch's first step must
 #: find steps left to stop (each step of a 57 M-parameter model takes most of a second on 2 CPU cores).
-STEPS = 4
+STEPS = 3
 
 
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory):
-    return write_npz(tmp_path_factory.mktemp("data") / "data.npz", arrays(n_train=4 * STEPS, n_test=8))
+    return write_npz(tmp_path_factory.mktemp("data") / "data.npz", arrays(n_train=4 * STEPS, n_test=4))
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +117,12 @@ def uninterrupted(npz, tmp_path_factory):
     return read_history(out / "history.jsonl")
 
 
-def test_the_step_is_one_backward_pass_and_one_sgd_step_dropout_included():
+def test_the_step_is_one_backward_pass_and_one_sgd_step_dropout_included(tiny):
     """The engine's step changes the weights bit for bit as ``loss.backward()`` and one
     multi-tensor SGD step over all parameters do, with the same dropout masks."""
     torch.set_num_threads(2)
     data = arrays(n_train=8)
-    trainer = Trainer(RunSettings(model="torchvision", device="cpu"), data, torch.device("cpu"))
+    trainer = Trainer(RunSettings(model=tiny, device="cpu"), data, torch.device("cpu"))
     assert trainer.optimizer.param_groups[0]["foreach"] is True  # the update a GPU has measured
     initial, reference = copy.deepcopy(trainer.model), copy.deepcopy(trainer.model)
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.001, momentum=0.9, foreach=True)
@@ -138,14 +140,14 @@ def test_the_step_is_one_backward_pass_and_one_sgd_step_dropout_included():
         assert not torch.equal(a, b)  # every layer was trained
 
 
-def test_fused_sgd_is_an_option_that_trains_alike_and_a_resume_keeps_the_chosen_update(tmp_path):
+def test_fused_sgd_is_an_option_that_trains_alike_and_a_resume_keeps_the_chosen_update(tmp_path, tiny):
     """``fused_sgd`` agrees with the default foreach update up to rounding, and a checkpoint written
     with one does not bring it back into a run that asked for the other."""
     torch.set_num_threads(2)
     data = arrays(n_train=8)
     trainers = {}
     for fused in (True, False):
-        settings = RunSettings(model="torchvision", epochs=2, device="cpu", fused_sgd=fused)
+        settings = RunSettings(model=tiny, epochs=2, device="cpu", fused_sgd=fused)
         trainers[fused] = Trainer(settings, data, torch.device("cpu"))
         no_dropout(trainers[fused].model)
     assert trainers[True].optimizer.param_groups[0]["fused"] is True
@@ -158,9 +160,9 @@ def test_fused_sgd_is_an_option_that_trains_alike_and_a_resume_keeps_the_chosen_
     fused = trainers[True]
     fused.history = [record(1)]
     fused.steps_done = fused.steps_per_epoch
-    fingerprint = RunSettings(model="torchvision", epochs=2).fingerprint("md5")
+    fingerprint = RunSettings(model=tiny, epochs=2).fingerprint("md5")
     checkpoint.save(tmp_path / "checkpoint.pt", fused, fingerprint)
-    resumed = Trainer(RunSettings(model="torchvision", epochs=2, device="cpu"), data, torch.device("cpu"))
+    resumed = Trainer(RunSettings(model=tiny, epochs=2, device="cpu"), data, torch.device("cpu"))
     assert checkpoint.resume(tmp_path / "checkpoint.pt", resumed, fingerprint, log=print)
     group = resumed.optimizer.param_groups[0]
     assert (group["fused"], group["foreach"]) == (False, True)
@@ -209,7 +211,7 @@ class Terminal:
 def test_an_interrupted_run_resumes_to_the_same_history(npz, tmp_path, uninterrupted, signum, status):
     """Stopped in the second epoch, when its progress bar shows the first step done (the first
     epoch's checkpoint is written by then): SIGKILL, or SIGTERM, which the training obeys after the
-    current step, with three steps left to stop. Run again, it resumes to the uninterrupted history."""
+    current step, with two steps left to stop. Run again, it resumes to the uninterrupted history."""
     log = tmp_path / "train.log"
     run = Terminal(train_cmd(npz, tmp_path, "--epochs", "2", "--log", str(log)))
     run.wait_for(rf"{STEPS}/{STEPS} steps\s.*\] 1/{STEPS} steps")  # epoch 2, step 1
@@ -228,22 +230,22 @@ def test_an_interrupted_run_resumes_to_the_same_history(npz, tmp_path, uninterru
     assert json.loads((tmp_path / "run.json").read_text())["resumed_from_epoch"] == 1
 
 
-def test_a_checkpoint_from_other_settings_is_set_aside(tmp_path):
+def test_a_checkpoint_from_other_settings_is_set_aside(tmp_path, tiny):
     data = arrays(n_train=8, n_test=4)
-    other = RunSettings(model="torchvision", epochs=2, lr=0.02, device="cpu")
+    other = RunSettings(model=tiny, epochs=2, lr=0.02, device="cpu")
     trainer = Trainer(other, data, torch.device("cpu"))
     trainer.history, trainer.steps_done = [record(1, test_acc=99.0)], 2
     checkpoint.save(tmp_path / "checkpoint.pt", trainer, other.fingerprint("md5"))
     messages = []
-    history, resumed = fit(RunSettings(model="torchvision", epochs=1, device="cpu"), data, tmp_path,
+    history, resumed = fit(RunSettings(model=tiny, epochs=1, device="cpu"), data, tmp_path,
                            torch.device("cpu"), data_md5="md5", log=messages.append)
     assert resumed == 0 and history[0]["test_acc"] != 99.0
     assert any("written by other settings or data" in m for m in messages)
     assert len(list(tmp_path.glob("checkpoint.set-aside-*.pt"))) == 1
 
 
-def test_a_checkpoint_of_an_older_format_is_set_aside_naming_both_formats(tmp_path):
-    settings = RunSettings(model="torchvision", epochs=2, device="cpu")
+def test_a_checkpoint_of_an_older_format_is_set_aside_naming_both_formats(tmp_path, tiny):
+    settings = RunSettings(model=tiny, epochs=2, device="cpu")
     trainer = Trainer(settings, arrays(8, 4), torch.device("cpu"))
     old = checkpoint.state(trainer, settings.fingerprint("md5"))
     old["format"] = 3  # before the augmentation generator, the schedule's state and the lr
@@ -257,10 +259,10 @@ def test_a_checkpoint_of_an_older_format_is_set_aside_naming_both_formats(tmp_pa
     assert len(list(tmp_path.glob("checkpoint.set-aside-*.pt"))) == 1
 
 
-def test_an_unreadable_checkpoint_is_set_aside(tmp_path):
+def test_an_unreadable_checkpoint_is_set_aside(tmp_path, tiny):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     messages = []
-    history, resumed = fit(RunSettings(model="torchvision", epochs=1, device="cpu"), arrays(8, 4), tmp_path,
+    history, resumed = fit(RunSettings(model=tiny, epochs=1, device="cpu"), arrays(8, 4), tmp_path,
                            torch.device("cpu"), data_md5="md5", log=messages.append)
     assert resumed == 0 and len(history) == 1
     assert any("cannot be read" in m for m in messages)
@@ -395,8 +397,8 @@ def test_a_damaged_checkpoint_part_leaves_the_run_exactly_as_a_fresh_one(first_e
     assert len(list(tmp_path.glob("checkpoint.set-aside-*.pt"))) == 1
 
 
-def test_a_diverging_run_stops_and_still_writes_its_model(tmp_path):
-    history, _ = fit(RunSettings(model="paper", epochs=5, lr=1000.0, device="cpu"), arrays(16, 4), tmp_path,
+def test_a_diverging_run_stops_and_still_writes_its_model(tmp_path, tiny):
+    history, _ = fit(RunSettings(model=tiny, epochs=5, lr=1000.0, device="cpu"), arrays(16, 4), tmp_path,
                      torch.device("cpu"), data_md5="md5", log=lambda _: None, poll_every=1)
     assert len(history) < 5
     assert history[-1]["diverged_at_step"] >= 1 and history[-1]["train_loss"] is None
@@ -404,11 +406,11 @@ def test_a_diverging_run_stops_and_still_writes_its_model(tmp_path):
     json.loads((tmp_path / "history.jsonl").read_text().splitlines()[-1])  # strict JSON, no NaN
 
 
-def test_weights_that_go_non_finite_in_the_last_update_count_as_divergence(tmp_path, monkeypatch):
+def test_weights_that_go_non_finite_in_the_last_update_count_as_divergence(tmp_path, monkeypatch, tiny):
     """Every training loss finite, yet the epoch's last update left weights that evaluate to a NaN
     loss (seen with lr 1000): the epoch is marked diverged at its last step, and training stops."""
     monkeypatch.setattr(Trainer, "evaluate", lambda self, split="test": Evaluation(float("nan"), 10.0, None))
-    history, _ = fit(RunSettings(model="torchvision", epochs=3, device="cpu"), arrays(8, 4), tmp_path,
+    history, _ = fit(RunSettings(model=tiny, epochs=3, device="cpu"), arrays(8, 4), tmp_path,
                      torch.device("cpu"), data_md5="md5", log=lambda _: None)
     assert len(history) == 1 and history[0]["diverged_at_step"] == 2  # 8 images: 2 steps
     assert history[0]["train_loss"] is not None and history[0]["test_loss"] is None
@@ -421,8 +423,8 @@ def test_auto_device_without_a_gpu_stops_with_the_cpu_estimate(npz, tmp_path):
     result = subprocess.run([sys.executable, "-m", "alexnet_cifar", "train", "--data", str(npz), "--model", "paper",
                              "--out", str(tmp_path), "--epochs", "50"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    # 50 epochs of 4 steps of 0.84 s
-    assert "no CUDA GPU is available" in result.stderr and "would take about 3 minutes." in result.stderr
+    # 50 epochs of 3 steps of 0.84 s
+    assert "no CUDA GPU is available" in result.stderr and "would take about 2 minutes." in result.stderr
     assert "train.device: cpu" in result.stderr
     assert not (tmp_path / "history.jsonl").exists()
 
@@ -441,12 +443,12 @@ class FakeTerminal:
         pass
 
 
-def test_progress_bar_only_on_a_terminal_and_fed_by_the_epoch():
+def test_progress_bar_only_on_a_terminal_and_fed_by_the_epoch(tiny):
     from alexnet_cifar.stages import progress_bar
 
     assert progress_bar(FakeTerminal(tty=False)) is None
     terminal = FakeTerminal(tty=True)
-    trainer = Trainer(RunSettings(model="torchvision", epochs=1, device="cpu"), arrays(n_train=8, n_test=4),
+    trainer = Trainer(RunSettings(model=tiny, epochs=1, device="cpu"), arrays(n_train=8, n_test=4),
                       torch.device("cpu"), progress=progress_bar(terminal, width=10))
     trainer.train_epoch()
     assert "[#####.....] 1/2 steps" in terminal.text and terminal.text.endswith("[##########] 2/2 steps\n")
