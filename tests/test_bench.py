@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alexnet_cifar import bench
+from alexnet_cifar import bench, cli
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,7 @@ def test_bench_cli_writes_csv_and_markdown(tiny_npz, tmp_path, capsys):
         assert math.isfinite(row["ms_per_step"]) and row["ms_per_step"] > 0
         assert row["images_per_s"] == pytest.approx(4000 / row["ms_per_step"])
         assert row["protocol_minutes"] == pytest.approx(row["ms_per_step"] * 12500 * 50 / 60000)
+        assert row["batch_size"] == 4  # the protocol's, when no --batch-size is given
         assert math.isnan(row["peak_mem_mb"])  # no CUDA memory on the CPU
     markdown = (out / "bench.md").read_text()
     assert markdown.startswith("| " + " | ".join(bench.COLUMNS) + " |")
@@ -78,8 +79,32 @@ def test_bench_refuses_unknown_names_before_running(tiny_npz, tmp_path):
 
 def test_markdown_speedups():
     frame = pd.DataFrame([
-        {"model": "paper", "loop": "plain", "device_name": "X", "ms_per_step": 4.0},
-        {"model": "paper", "loop": "engine", "device_name": "X", "ms_per_step": 2.0},
+        {"model": "paper", "loop": "plain", "device_name": "X", "batch_size": 4, "ms_per_step": 4.0},
+        {"model": "paper", "loop": "engine", "device_name": "X", "batch_size": 4, "ms_per_step": 2.0},
     ]).reindex(columns=bench.COLUMNS)
-    text = bench.bench_markdown(frame, steps=10, warmup=5)
-    assert "paper: engine 2.00x" in text and "Device: X" in text
+    text = bench.bench_markdown(frame, steps=10, warmup=5, epoch_steps=12500)
+    assert "paper: engine 2.00x" in text and "Device: X; batch 4" in text and "Recipe" not in text
+
+
+def test_a_ladder_rung_s_step_is_timed_at_its_batch_size_and_recipe(tiny_npz, tmp_path, capsys):
+    """The bench takes the batch size and the recipe settings as train does; the epoch it projects
+    is the training split less the validation images, at that batch size."""
+    out = tmp_path / "out"
+    code = cli.main(["bench", "--data", str(tiny_npz), "--models", "torchvision", "--loops", "engine", "--steps", "1",
+                     "--warmup", "0", "--device", "cpu", "--out", str(out), "--batch-size", "8", "--augment-flip",
+                     "--augment-translate", "4", "--validation-images", "4", "--label-smoothing", "0.1"])
+    assert code == 0
+    (row,) = pd.read_csv(out / "bench.csv").to_dict("records")
+    assert row["batch_size"] == 8 and row["images_per_s"] == pytest.approx(8000 / row["ms_per_step"])
+    assert row["epoch_minutes"] == pytest.approx(row["ms_per_step"] * 6250 / 60000)  # (50,000 - 4) / 8, rounded up
+    assert row["protocol_minutes"] == pytest.approx(50 * row["epoch_minutes"])
+    markdown = (out / "bench.md").read_text()
+    assert "batch 8" in markdown and "6,250 steps (one epoch)" in markdown
+    assert "Recipe: augment_flip true, augment_translate 4, label_smoothing 0.1, validation_images 4." in markdown
+    with pytest.raises(SystemExit) as stop:  # checked as train checks its options
+        cli.main(["bench", "--data", str(tiny_npz), "--steps", "1", "--device", "cpu", "--out", str(out),
+                  "--lr-schedule", "plateau"])
+    assert stop.value.code == 1 and "--lr-schedule: plateau lowers the lr" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="at least one batch of 8 training images, got 16 .less 12 held out"):
+        bench.run_bench(tiny_npz, ["torchvision"], 1, "cpu", tmp_path, settings={"batch_size": 8,
+                                                                                  "validation_images": 12})

@@ -177,6 +177,26 @@ def test_config_problems_name_the_key(change, expected):
     assert any(expected in problem for problem in problems), problems
 
 
+def test_the_ladder_s_rungs_are_the_write_up_s_protocol_the_paper_s_recipe_and_a_modern_one():
+    runs = expand_runs(load_config(REPO / "config/config.yaml", REPO / "config/ladder.yaml"))
+    settings = {name: run.settings for name, run in runs.items()}
+    for rung_0 in ("paper", "torchvision"):  # the write-up's protocol, untouched
+        assert settings[rung_0] == RunSettings(model=rung_0)
+    paper_recipe = settings["paper-recipe-seed2"]
+    assert (paper_recipe.model, paper_recipe.init, paper_recipe.batch_size, paper_recipe.lr, paper_recipe.weight_decay,
+            paper_recipe.lr_schedule, paper_recipe.lr_max_drops, paper_recipe.augment_pca_colour,
+            paper_recipe.augment_translate, paper_recipe.validation_images, paper_recipe.tta_flip,
+            paper_recipe.epochs) == ("paper-lrn", "paper", 128, 0.01, 0.0005, "plateau", 3, 0.1, 4, 5000, True, 90)
+    nolrn = settings["paper-recipe-nolrn-seed0"]
+    assert nolrn.model == "paper" and dataclasses.replace(nolrn, model="paper-lrn") == settings["paper-recipe-seed0"]
+    modern = settings["modern-paper-seed1"]
+    assert (modern.model, modern.init, modern.nesterov, modern.label_smoothing, modern.lr_schedule, modern.bf16,
+            modern.channels_last, modern.epochs, modern.augment_pca_colour) == (
+        "paper", "default", True, 0.1, "cosine", True, True, 30, 0.0)
+    assert dataclasses.replace(settings["modern-torchvision-seed1"], model="paper") == modern
+    assert {run.settings.seed for name, run in runs.items() if name.startswith("modern-paper")} == {0, 1, 2}
+
+
 def test_numbers_and_switches_of_the_recipes_can_be_swept():
     cfg = full({"sweep": {"augment_translate": [0, 4], "tta_flip": [True, False], "label_smoothing": [0.0, 0.1]}})
     assert config_problems(config.with_defaults(cfg)) == []
@@ -191,16 +211,18 @@ def test_a_problem_is_named_once():
 
 def test_the_shipped_configs_are_valid_and_plan_their_trainings():
     counts = {}
-    for name in ("config.yaml", "as-stated.yaml", "quick.yaml", "seeds.yaml", "lr-sweep.yaml"):
+    for name in ("config.yaml", "as-stated.yaml", "quick.yaml", "seeds.yaml", "lr-sweep.yaml", "ladder.yaml"):
         cfg = config.with_defaults(load_config(REPO / "config/config.yaml", REPO / "config" / name))
         assert config_problems(cfg) == [], name
         counts[name] = len(expand_runs(cfg))
-    assert counts == {"config.yaml": 2, "as-stated.yaml": 2, "quick.yaml": 2, "seeds.yaml": 15, "lr-sweep.yaml": 16}
+    assert counts == {"config.yaml": 2, "as-stated.yaml": 2, "quick.yaml": 2, "seeds.yaml": 15, "lr-sweep.yaml": 16,
+                      "ladder.yaml": 14}
     seeds = expand_runs(load_config(REPO / "config/config.yaml", REPO / "config/seeds.yaml"))
     assert {run.settings.model for run in seeds.values()} == {"paper", "paper-lrn", "torchvision"}
 
 
-@pytest.mark.parametrize("configfile, trainings", [("config/seeds.yaml", 15), ("config/lr-sweep.yaml", 16)])
+@pytest.mark.parametrize("configfile, trainings", [("config/seeds.yaml", 15), ("config/lr-sweep.yaml", 16),
+                                                   ("config/ladder.yaml", 14)])
 def test_dry_runs_of_the_shipped_configs_plan_their_trainings(configfile, trainings, tmp_path):
     # a folder of its own, as a user's: never this checkout, which another test worker may be using
     workdir = make_workdir(tmp_path, {})

@@ -36,20 +36,26 @@ def session(archive, out, work, *args) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHON": sys.executable})
 
 
-def saved_epochs(path) -> int:
-    """Epochs in a history the session saved (atomically, after every epoch); 0 before the first."""
-    return len(json.loads(path.read_text())) if path.exists() else 0
+def saved_epochs(path, run: str | None = None) -> int:
+    """Epochs in a history the session saved (atomically, after every epoch; part 6 saves one per
+    ``run``); 0 before the first."""
+    if not path.exists():
+        return 0
+    saved = json.loads(path.read_text())
+    return len(saved if run is None else saved.get(run, []))
 
 
-def part_stopped_after(archive, out, work, part: int, history, epochs: int) -> subprocess.CompletedProcess:
-    """Run one part until its saved ``history`` holds more than ``epochs`` epochs, then stop its
-    training with SIGTERM, as the deadline would (the training writes that history inside the
-    signal handler's reach, so the signal stops the training, not the session)."""
+def part_stopped_after(archive, out, work, part: int, history, epochs: int, run: str | None = None
+                       ) -> subprocess.CompletedProcess:
+    """Run one part until its saved ``history`` (of ``run``, in part 6) holds more than ``epochs``
+    epochs, then stop its training with SIGTERM, as the deadline would (the training writes that
+    history inside the signal handler's reach, so the signal stops the training, not the
+    session)."""
     with open(out.parent / f"{out.name}-part{part}.log", "w+") as log:
         proc = subprocess.Popen(session_cmd(archive, out, work, "--deadline", NEVER, "--parts", str(part)),
                                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHON": sys.executable})
         try:
-            while saved_epochs(history) <= epochs:
+            while saved_epochs(history, run) <= epochs:
                 assert proc.poll() is None, "the session ended before the epochs the test waits for"
                 time.sleep(0.1)
             proc.send_signal(signal.SIGTERM)
@@ -70,6 +76,11 @@ def dry_run(tiny_archive, tmp_path_factory):
     assert result.returncode == 0, result.stdout + result.stderr
     first = json.loads((out / "session.json").read_text())
     result = part_stopped_after(tiny_archive[0], out, work, 5, out / "history_paper.json", epochs=0)
+    assert result.returncode == 0, result.stdout
+    first["parts"].update(json.loads((out / "session.json").read_text())["parts"])
+    # part 6: the first ladder run stopped in its second epoch (of 3), the three others to their end
+    result = part_stopped_after(tiny_archive[0], out, work, 6, out / "history_ladder.json", epochs=0,
+                                run="paper-recipe")
     assert result.returncode == 0, result.stdout
     first["parts"].update(json.loads((out / "session.json").read_text())["parts"])
     return out, work, first
@@ -99,6 +110,11 @@ def test_part_2_benches_every_loop_with_a_profile(dry_run):
     assert report["parts"]["2"]["status"] == "ok"
     assert set(pd.read_csv(out / "bench.csv")["loop"]) == {"plain", *ENGINE_LOOPS}
     assert len(pd.read_csv(out / "profile.csv")) > 0
+    rows = report["parts"]["2"]["ladder_bench"]  # each ladder run's step, at the dry run's batch of 4
+    assert [(r["run"], r["model"], r["batch_size"]) for r in rows] == [
+        ("paper-recipe", "paper-lrn", 4), ("paper-recipe-nolrn", "paper", 4), ("modern-paper", "paper", 4),
+        ("modern-torchvision", "torchvision", 4)]
+    assert [r["epochs"] for r in rows] == [3] * 4 and all(r["ms_per_step"] > 0 for r in rows)
 
 
 def test_part_3_and_4_compare_graph_with_eager_and_train_at_the_stated_lr(dry_run):
@@ -127,6 +143,32 @@ def test_part_5_saves_every_epoch_and_resumes_in_the_next_call(dry_run, tiny_arc
     second = json.loads((again / "history_paper.json").read_text())
     assert f"after epoch {len(first)}" in (again / "session.log").read_text()
     assert second[: len(first)] == first and len(second) > len(first)
+
+
+def test_part_6_trains_the_ladder_s_recipes_and_resumes_a_run_that_was_cut(dry_run, tiny_archive):
+    out, work, report = dry_run
+    part = report["parts"]["6"]
+    assert list(part["runs"]) == list(gpu_session.LADDER_RUNS)
+    assert part["runs"]["paper-recipe"]["status"] == "stopped by a SIGTERM from outside; the checkpoint is kept"
+    assert all(part["runs"][run]["status"] == "ok" for run in gpu_session.LADDER_RUNS[1:])
+    settings = {run: part["runs"][run]["settings"] for run in gpu_session.LADDER_RUNS}
+    assert settings["paper-recipe"]["model"] == "paper-lrn" and settings["paper-recipe"]["init"] == "paper"
+    assert settings["modern-torchvision"]["lr_schedule"] == "cosine" and settings["modern-torchvision"]["nesterov"]
+    histories = json.loads((out / "history_ladder.json").read_text())
+    cut = len(histories["paper-recipe"])
+    assert 1 <= cut < 3 and all(len(histories[run]) == 3 for run in gpu_session.LADDER_RUNS[1:])
+    assert all(record["val_acc"] is not None for run in histories for record in histories[run])
+    assert [r["lr"] for r in histories["modern-paper"]] == pytest.approx([0.01, 0.02, 0.02])  # warm-up 2, cosine
+    again = out.parent / "again6"
+    result = session(tiny_archive[0], again, work, "--deadline", NEVER, "--parts", "6")
+    assert result.returncode == 0, result.stdout + result.stderr
+    resumed = json.loads((again / "history_ladder.json").read_text())
+    assert resumed["paper-recipe"][:cut] == histories["paper-recipe"] and len(resumed["paper-recipe"]) == 3
+    assert all(resumed[run] == histories[run] for run in gpu_session.LADDER_RUNS[1:])  # not trained again
+    runs = json.loads((again / "session.json").read_text())["parts"]["6"]["runs"]
+    assert {run: r["status"] for run, r in runs.items()} == {
+        "paper-recipe": "ok", **{run: "finished in an earlier call" for run in gpu_session.LADDER_RUNS[1:]}}
+    assert f"after epoch {cut}" in (again / "session.log").read_text()
 
 
 def test_a_training_still_running_at_the_deadline_is_stopped_by_sigterm_and_reported_cut(tmp_path, monkeypatch):

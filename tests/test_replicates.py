@@ -22,6 +22,12 @@ def history(accs, diverged_epoch=None):
              "diverged_at_step": 17 if i == diverged_epoch else None} for i, acc in enumerate(accs, 1)]
 
 
+def validated(records, val_accs):
+    """``records`` with validation: these validation accuracies (and a loss) per epoch."""
+    return [{**r, "val_acc": v, "val_loss": None if r["diverged_at_step"] else 1.5}
+            for r, v in zip(records, val_accs, strict=True)]
+
+
 def entry(setting, seed, model="paper", **swept):
     return {"setting": setting, "seed": seed, "model": model, "swept": swept}
 
@@ -52,6 +58,33 @@ def write_reference(path, accs):
 
 
 # -- aggregates against a direct computation ----------------------------------------------------------
+
+def test_the_test_accuracy_at_the_best_validation_epoch_is_chosen_without_the_test_set(tmp_path):
+    """The first epoch of best validation accuracy, among those before a divergence; its test
+    accuracy is what the run reaches when the epoch is chosen on validation images."""
+    runs = {"r-seed0": entry("r", 0), "r-seed1": entry("r", 1), "r-seed2": entry("r", 2), "plain": entry("plain", 0)}
+    histories = {
+        "r-seed0": validated(history([50.0, 70.0, 60.0, 65.0]), [40.0, 55.0, 58.0, 58.0]),  # val best at 3 (first)
+        "r-seed1": validated(history([52.0, 66.0, 64.0]), [61.0, 50.0, 61.0]),  # a tie: the first, epoch 1
+        "r-seed2": validated(history([30.0, 40.0, 10.0], diverged_epoch=3), [20.0, 30.0, 99.0]),  # 3 diverged
+        "plain": history([45.0, 47.0]),
+    }
+    facts = {run: metrics.run_facts(records) for run, records in histories.items()}
+    assert [(facts[r]["best_val_epoch"], facts[r]["test_at_best_val"]) for r in runs] == [
+        (3, 60.0), (1, 52.0), (2, 40.0), (None, None)]
+    assert (facts["r-seed0"]["peak_test_acc"], facts["r-seed0"]["peak_epoch"]) == (70.0, 2)  # the test-picked peak
+    out = run_summary(tmp_path, runs, histories)
+    summary = pd.read_csv(out["summary.csv"]).set_index("run")
+    assert list(summary["test_at_best_val"].fillna(-1)) == [60.0, 52.0, 40.0, -1]
+    assert list(summary["best_val_epoch"].fillna(-1)) == [3, 1, 2, -1]
+    settings = pd.read_csv(out["settings.csv"]).set_index("setting")
+    assert settings.loc["r", "test_at_best_val_mean"] == pytest.approx(statistics.mean([60.0, 52.0, 40.0]))
+    assert settings.loc["r", "test_at_best_val_sd"] == pytest.approx(statistics.stdev([60.0, 52.0, 40.0]))
+    assert settings.loc["plain", ["test_at_best_val_mean", "test_at_best_val_sd"]].isna().all()
+    text = out["summary.md"].read_text()
+    assert "| r-seed0 | 70.00 | 2 | 60.00 | 3 | 65.00 |" in text and "| plain | 47.00 | 2 | – | – | 47.00 |" in text
+    assert ("- Test accuracy at the epoch of best validation accuracy (chosen without the test set): 50.67 % "
+            "(sd 10.07) over 3 seeds") in text
 
 def test_replicates_and_settings_equal_a_direct_computation(tmp_path):
     rng = np.random.default_rng(7)
@@ -149,7 +182,8 @@ def test_one_seed_leaves_sd_empty_and_says_dash_in_summary_md(tmp_path):
 
     text = out["summary.md"].read_text()
     assert text.startswith("# Test accuracy of every run against the reported curve")  # the existing table stays
-    assert "| reported | 81.47 | 14 | 65.35 |" in text
+    assert "| reported | 81.47 | 14 | – | – | 65.35 |" in text
+    assert "picks its epoch on the test set itself" in text and "test_at_best_val picks the epoch by the val" in text
     assert text.count("**–** (one seed: no spread to measure by)") == 2
     assert "### paper (model paper; 1 seed)" in text and "### torchvision (model torchvision; 1 seed)" in text
 
@@ -162,7 +196,7 @@ def test_summary_csv_names_each_runs_setting_and_seed(tmp_path):
     assert lines[0] == ",".join(metrics.SUMMARY_COLUMNS)
     assert lines[1].startswith("paper-seed0,paper,0,paper,50.0,1,") and lines[1].endswith(",")
     # diverged in its only epoch: no peak (empty cells), and diverged_at_epoch 1
-    assert lines[2].startswith("paper-seed1,paper,1,paper,,,52.0,1,") and lines[2].endswith(",1")
+    assert lines[2].startswith("paper-seed1,paper,1,paper,,,,,52.0,1,") and lines[2].endswith(",1")
 
 
 # -- summary.md on a case whose answers are known ---------------------------------------------------

@@ -69,8 +69,9 @@ def test_every_output_is_complete(finished):
 def test_summary_peak_is_the_csv_maximum(finished):
     _, out, _ = finished
     summary = pd.read_csv(out / "metrics/summary.csv").set_index("run")
-    assert list(summary.columns) == ["setting", "seed", "model", "peak_test_acc", "peak_epoch", "final_test_acc",
-                                     "epochs", "train_seconds", "diverged_at_epoch"]
+    assert list(summary.columns) == ["setting", "seed", "model", "peak_test_acc", "peak_epoch", "test_at_best_val",
+                                     "best_val_epoch", "final_test_acc", "epochs", "train_seconds", "diverged_at_epoch"]
+    assert summary["test_at_best_val"].isna().all()  # no validation images in this config
     assert list(summary["setting"]) == list(summary.index) and (summary["seed"] == 0).all()
     assert sorted(summary.index) == sorted(RUNS)
     for run in ("paper", "torchvision"):
@@ -113,7 +114,7 @@ def test_provenance_records_how_each_run_was_made(finished):
 def test_summary_markdown_compares_with_the_reported_curve(finished):
     _, out, _ = finished
     text = (out / "metrics/summary.md").read_text()
-    assert "| reported | 81.47 | 14 | 65.35 | 50.06 |" in text
+    assert "| reported | 81.47 | 14 | – | – | 65.35 | 50.06 |" in text
     assert "| paper |" in text and "| torchvision |" in text
 
 
@@ -127,8 +128,13 @@ def test_report_holds_every_figure_and_the_summary_with_captions(finished):
     for name in ("paper.svg", "torchvision.svg", "blowup.svg", "comparison.svg", "replicates.svg", "summary.csv",
                  "settings.csv"):
         assert any(n.endswith("/" + name) for n in names), name
-    assert "Test accuracy of run <strong>blowup</strong>" in html
+    assert "Accuracy of run <strong>blowup</strong>" in html
     assert "lr 1000.0, momentum 0.9" in html  # the run's hyperparameters in its caption
+    assert "Differs from the write-up&#39;s protocol in: epochs 2, lr 1000." in html or \
+        "Differs from the write-up's protocol in: epochs 2, lr 1000." in html
+    assert "Differs from the write-up&#39;s protocol in: epochs 2." in html or \
+        "Differs from the write-up's protocol in: epochs 2." in html  # paper and torchvision
+    assert "test_at_best_val" in html and "config/ladder.yaml" in html  # the landing page
     assert "reported curve dashed" in html and "One row per run" in html
     assert "rebuilt from declared inputs" in html  # the landing page, not a bare rule graph
 
@@ -224,13 +230,14 @@ def test_bad_config_stops_before_any_job_with_the_key_named(tmp_path, change, ex
 
 @pytest.fixture(scope="module")
 def replicated(tmp_path_factory, tiny_archive):
-    """Two seeds of torchvision crossed with lr 0.001 and 1000 (which diverges): 4 trainings of one
-    epoch on 8 images. (Settings of one seed: every config without seeds, as ``finished``.)"""
+    """A recipe config end to end: two seeds of torchvision crossed with lr 0.001 and 1000 (which
+    diverges), with 2 validation images and a step schedule (the lr halves after epoch 1): 4
+    trainings of 2 epochs on 10 images. (Settings of one seed: every config without seeds, as
+    ``finished``.)"""
     path, md5 = tiny_archive
     config = tiny_config(str(path), md5, sweep={"lr": [0.001, 1000.0]},
                          runs={"tv": {"model": "torchvision", "seeds": 2}})
-    config["dataset"]["limit_train"] = 8
-    config["train"]["epochs"] = 1
+    config["train"].update(validation_images=2, lr_schedule="step", lr_milestones=[1], lr_gamma=0.5)
     workdir = make_workdir(tmp_path_factory.mktemp("replicated"), config, base={})
     snakemake(workdir, "--cores", "2")
     return workdir / "results"
@@ -267,15 +274,49 @@ def test_the_workflow_s_own_files_beside_the_per_run_files_are_the_reserved_list
 @pytest.mark.slow
 def test_the_aggregates_equal_a_direct_computation_from_the_per_run_csvs(replicated):
     curves = {run: pd.read_csv(replicated / f"metrics/{run}.csv") for run in REPLICATED_RUNS}
-    seeds = [curves[f"tv-lr0.001-seed{s}"]["test_acc"].iloc[0] for s in (0, 1)]
-    (row,) = pd.read_csv(replicated / "metrics/replicates.csv").query("setting == 'tv-lr0.001'").to_dict("records")
-    assert (row["epoch"], row["n"]) == (1, 2)
-    assert row["mean"] == pytest.approx(statistics.mean(seeds)) and row["sd"] == pytest.approx(statistics.stdev(seeds))
-    assert (row["min"], row["max"]) == (min(seeds), max(seeds))
+    first = [curves[f"tv-lr0.001-seed{s}"]["test_acc"].iloc[0] for s in (0, 1)]
+    rows = pd.read_csv(replicated / "metrics/replicates.csv").query("setting == 'tv-lr0.001'").to_dict("records")
+    row = rows[0]
+    assert [r["epoch"] for r in rows] == [1, 2] and row["n"] == 2
+    assert row["mean"] == pytest.approx(statistics.mean(first)) and row["sd"] == pytest.approx(statistics.stdev(first))
+    assert (row["min"], row["max"]) == (min(first), max(first))
     settings = pd.read_csv(replicated / "metrics/settings.csv").set_index("setting")
     assert list(settings.columns[:2]) == ["model", "lr"]
-    assert settings.loc["tv-lr0.001", "peak_mean"] == pytest.approx(statistics.mean(seeds))
-    assert settings.loc["tv-lr0.001", "final_sd"] == pytest.approx(statistics.stdev(seeds))
+    peaks = [curves[f"tv-lr0.001-seed{s}"]["test_acc"].max() for s in (0, 1)]
+    finals = [curves[f"tv-lr0.001-seed{s}"]["test_acc"].iloc[-1] for s in (0, 1)]
+    assert settings.loc["tv-lr0.001", "peak_mean"] == pytest.approx(statistics.mean(peaks))
+    assert settings.loc["tv-lr0.001", "final_sd"] == pytest.approx(statistics.stdev(finals))
+
+
+@pytest.mark.slow
+def test_a_recipe_run_records_validation_and_its_schedule_and_tables_pick_the_epoch_on_validation(replicated):
+    """Validation in the history, the CSV, the facts, summary.csv, settings.csv and summary.md; the
+    step schedule in each epoch's lr; the figure with the training and validation accuracy and a
+    title naming the recipe."""
+    summary = pd.read_csv(replicated / "metrics/summary.csv").set_index("run")
+    for run in ("tv-lr0.001-seed0", "tv-lr0.001-seed1"):
+        history = [json.loads(line) for line in (replicated / f"runs/{run}/history.jsonl").read_text().splitlines()]
+        assert [r["lr"] for r in history] == [0.001, 0.0005]  # halved after the milestone, epoch 1
+        assert all(r["val_acc"] is not None and r["val_loss"] is not None for r in history)
+        csv = pd.read_csv(replicated / f"metrics/{run}.csv")
+        assert csv["val_acc"].notna().all() and list(csv["lr"]) == [0.001, 0.0005]
+        best = csv.loc[csv["val_acc"].idxmax()]
+        facts = json.loads((replicated / f"metrics/{run}.facts.json").read_text())
+        assert (facts["best_val_epoch"], facts["test_at_best_val"]) == (best["epoch"], best["test_acc"])
+        assert (summary.loc[run, "best_val_epoch"], summary.loc[run, "test_at_best_val"]) == (
+            best["epoch"], best["test_acc"])
+        svg = (replicated / f"figures/{run}.svg").read_text()
+        assert "training accuracy (measured during the epoch, dropout and augmentation on)" in svg
+        assert "validation accuracy (held-out training images)" in svg and "test at the best validation epoch" in svg
+        assert "lr_schedule step" in svg and "validation_images 2" in svg  # the title names the recipe
+    assert summary.loc["tv-lr1000-seed0", ["best_val_epoch", "test_at_best_val"]].isna().all()  # diverged in epoch 1
+    settings = pd.read_csv(replicated / "metrics/settings.csv").set_index("setting")
+    chosen = [summary.loc[f"tv-lr0.001-seed{s}", "test_at_best_val"] for s in (0, 1)]
+    assert settings.loc["tv-lr0.001", "test_at_best_val_mean"] == pytest.approx(statistics.mean(chosen))
+    assert settings.loc["tv-lr0.001", "test_at_best_val_sd"] == pytest.approx(statistics.stdev(chosen))
+    text = (replicated / "metrics/summary.md").read_text()
+    assert "| test at best val % | best val epoch |" in text and "picks its epoch on the test set itself" in text
+    assert "- Test accuracy at the epoch of best validation accuracy (chosen without the test set)" in text
 
 
 @pytest.mark.slow

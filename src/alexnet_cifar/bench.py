@@ -1,15 +1,18 @@
 """Speed benchmark: the original experiment's training loop against the engine, on one device.
 
-Each row times ``steps`` SGD steps at batch 4 (after ``warmup`` untimed ones) of one model with one
-training loop, all in this process on the same device:
+Each row times ``steps`` SGD steps (after ``warmup`` untimed ones) of one model with one training
+loop, all in this process on the same device, at the protocol's batch 4 or at the batch size and
+training recipe given (``--batch-size 128 --augment-flip ...``, the options ``train`` has), so that
+a rung of the ladder can be timed:
 
 - ``plain``: the original loop: a DataLoader over PIL images resized on the CPU, and
   ``loss.item()`` (a host sync) every step;
 - ``engine`` and its variants (:data:`ENGINE_LOOPS`): :class:`alexnet_cifar.engine.Trainer`, data on
   the device, the whole step captured as a CUDA graph on CUDA.
 
-``protocol_minutes`` projects the training steps of the reported protocol (50 epochs of 50,000
-images) from the measured step time; evaluation is not included.
+``epoch_minutes`` projects one epoch over the training split (50,000 images less any
+``validation_images``) at the bench's batch size from the measured step time, ``protocol_minutes``
+the write-up's 50 such epochs; evaluation is not included.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -30,14 +34,19 @@ from PIL import Image
 from torchvision import transforms
 
 from .atomic import write_text
-from .config import RunSettings
+from .config import RunSettings, value_label
 from .data import load_npz
 from .errors import UserError
 from .models import MODELS, build_model, get_spec
 
-BATCH_SIZE, LR, MOMENTUM = 4, 0.001, 0.9
-PROTOCOL_STEPS = 50 * 50_000 // BATCH_SIZE  # 50 epochs of 12,500 steps
-COLUMNS = ["model", "loop", "device_name", "ms_per_step", "images_per_s", "protocol_minutes", "peak_mem_mb"]
+LR, MOMENTUM = 0.001, 0.9  # the protocol's (the step's speed does not depend on them)
+TRAIN_IMAGES, PROTOCOL_EPOCHS = 50_000, 50
+COLUMNS = ["model", "loop", "device_name", "batch_size", "ms_per_step", "images_per_s", "epoch_minutes",
+           "protocol_minutes", "peak_mem_mb"]
+#: RunSettings the bench takes as options (the rest are the protocol's, or the loop's)
+SETTINGS = ("batch_size", "weight_decay", "augment_flip", "augment_translate", "augment_pca_colour", "lr_schedule",
+            "lr_milestones", "lr_gamma", "lr_patience", "lr_max_drops", "warmup_epochs", "nesterov",
+            "label_smoothing", "init", "validation_images", "tta_flip")
 PROFILE_COLUMNS = ["model", "kernel", "calls_per_step", "us_per_step", "share_pct"]
 #: Engine loops by name: RunSettings fields that differ from the engine's defaults.
 ENGINE_LOOPS: dict[str, dict] = {
@@ -116,7 +125,7 @@ def _time_steps(step: Callable[[], None], warmup: int, steps: int, device: torch
     return (time.perf_counter() - start) / steps * 1000
 
 
-def _plain_ms(model_name: str, data, device: torch.device, warmup: int, steps: int) -> float:
+def _plain_ms(model_name: str, data, device: torch.device, warmup: int, steps: int, batch_size: int) -> float:
     cuda = device.type == "cuda"
     # The original ran with PyTorch's defaults; an earlier engine row turns cudnn.benchmark on.
     torch.backends.cudnn.benchmark = False
@@ -124,7 +133,7 @@ def _plain_ms(model_name: str, data, device: torch.device, warmup: int, steps: i
     transform = transforms.Compose([
         transforms.Resize(size), transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
     loader = torch.utils.data.DataLoader(
-        PilImages(data.train_images, data.train_labels, transform), batch_size=BATCH_SIZE,
+        PilImages(data.train_images, data.train_labels, transform), batch_size=batch_size,
         shuffle=True, num_workers=4 if cuda else 0, pin_memory=cuda)
 
     def batches() -> Iterator:
@@ -152,27 +161,27 @@ def _plain_ms(model_name: str, data, device: torch.device, warmup: int, steps: i
 
 
 def _trainer(model_name: str, data, device: torch.device, overrides: Mapping):
-    """The engine at the bench's protocol (batch 4, lr, momentum) with ``overrides`` of its settings."""
+    """The engine at the bench's lr and momentum with ``overrides`` of its settings (the bench's
+    batch size and recipe, then the loop's)."""
     from .engine import Trainer
 
-    settings = RunSettings(model=model_name, batch_size=BATCH_SIZE, lr=LR, momentum=MOMENTUM,
-                           device=str(device), **overrides)
+    settings = RunSettings.from_mapping({"model": model_name, "lr": LR, "momentum": MOMENTUM, "device": str(device),
+                                         **overrides})
     return Trainer(settings, data, device)
 
 
 def _engine_ms(model_name: str, data, device: torch.device, warmup: int, steps: int,
                overrides: Mapping) -> float:
     trainer = _trainer(model_name, data, device, overrides)
+    batch = trainer.s.batch_size
     # Warm-up must include the CUDA graph's eager warm-up steps and its capture.
     warmup = max(warmup, trainer.warmup_left + 1) if trainer.use_graph else warmup
     # Shuffled full batches, as train_epoch draws them, made before timing (one randperm an epoch).
     n, total = trainer.train_x.shape[0], warmup + steps
-    if n < BATCH_SIZE:
-        raise BenchError(f"the bench needs at least {BATCH_SIZE} training images, got {n}")
-    full = n // BATCH_SIZE
+    full = n // batch
     gen = torch.Generator(device=device).manual_seed(0)
-    order = torch.cat([torch.randperm(n, generator=gen, device=device)[: full * BATCH_SIZE]
-                       for _ in range(-(-total // full))]).view(-1, BATCH_SIZE)
+    order = torch.cat([torch.randperm(n, generator=gen, device=device)[: full * batch]
+                       for _ in range(-(-total // full))]).view(-1, batch)
     rows = iter(order)
 
     def step() -> None:
@@ -181,7 +190,8 @@ def _engine_ms(model_name: str, data, device: torch.device, warmup: int, steps: 
     return _time_steps(step, warmup, steps, device)
 
 
-def profile_engine(model_name: str, data, device: torch.device, steps: int, warmup: int = 5) -> pd.DataFrame:
+def profile_engine(model_name: str, data, device: torch.device, steps: int, warmup: int = 5,
+                   settings: Mapping = MappingProxyType({})) -> pd.DataFrame:
     """Where the engine's step spends its device time: ``steps`` eager steps under the PyTorch
     profiler, one row per kernel (per operator on the CPU) with its calls and time per step.
 
@@ -190,9 +200,9 @@ def profile_engine(model_name: str, data, device: torch.device, steps: int, warm
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
-    trainer = _trainer(model_name, data, device, {"cuda_graph": False})
-    n = trainer.train_x.shape[0]
-    batches = torch.arange(BATCH_SIZE * (warmup + steps), device=device).remainder(n).view(-1, BATCH_SIZE)
+    trainer = _trainer(model_name, data, device, {**settings, "cuda_graph": False})
+    n, batch = trainer.train_x.shape[0], trainer.s.batch_size
+    batches = torch.arange(batch * (warmup + steps), device=device).remainder(n).view(-1, batch)
     for idx in batches[:warmup]:
         trainer.train_step(idx)
     _sync(device)
@@ -225,14 +235,15 @@ def profile_markdown(frame: pd.DataFrame, top: int = 8) -> str:
 
 def run_bench(data_path, models: Sequence[str], steps: int, device: str | torch.device, out_dir, *,
               warmup: int = 20, loops: Sequence[str] = DEFAULT_LOOPS,
-              engine_options: Mapping[str, Mapping] = ENGINE_LOOPS,
+              engine_options: Mapping[str, Mapping] = ENGINE_LOOPS, settings: Mapping = MappingProxyType({}),
               profile_steps: int = 0, log: Callable[[str], None] = lambda _: None) -> pd.DataFrame:
     """Time every (model, loop) pair; write ``out_dir/bench.csv`` and ``out_dir/bench.md``.
 
     ``loops`` names ``plain`` and keys of ``engine_options`` (engine variants as RunSettings
-    overrides). With ``profile_steps``, also profile that many engine steps of each model
-    (:func:`profile_engine`) into ``out_dir/profile.csv`` and a section of ``bench.md``.
-    Returns the rows of ``bench.csv``.
+    overrides). ``settings`` (keys of :data:`SETTINGS`) apply to every engine loop, and the batch
+    size to the plain loop too; unset, the protocol's batch 4 and no recipe. With
+    ``profile_steps``, also profile that many engine steps of each model (:func:`profile_engine`)
+    into ``out_dir/profile.csv`` and a section of ``bench.md``. Returns the rows of ``bench.csv``.
     """
     models, loops = list(dict.fromkeys(models)), list(dict.fromkeys(loops))
     for name in models:
@@ -243,9 +254,18 @@ def run_bench(data_path, models: Sequence[str], steps: int, device: str | torch.
     if steps < 1 or warmup < 0 or profile_steps < 0:
         raise BenchError(f"steps must be >= 1, warmup and profile >= 0, got steps={steps}, "
                          f"warmup={warmup}, profile={profile_steps}")
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise BenchError(f"the bench takes no setting {', '.join(unknown)}; it takes: {', '.join(SETTINGS)}")
+    settings = {"batch_size": 4, **settings}
+    batch = settings["batch_size"]
+    epoch_steps = -(-(TRAIN_IMAGES - settings.get("validation_images", 0)) // batch)
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     name, cuda = device_name(dev), dev.type == "cuda"
     data = load_npz(data_path)
+    if len(data.train_labels) - settings.get("validation_images", 0) < batch:
+        raise BenchError(f"the bench needs at least one batch of {batch} training images, got "
+                         f"{len(data.train_labels)} (less {settings.get('validation_images', 0)} held out)")
     records = []
     for model_name in models:
         for loop in loops:
@@ -254,24 +274,27 @@ def run_bench(data_path, models: Sequence[str], steps: int, device: str | torch.
             held = torch.cuda.memory_allocated(dev) if cuda else 0  # normally 0: see _free_cuda
             log(f"bench: {model_name} / {loop} on {name}: {warmup} warm-up + {steps} timed steps")
             if loop == "plain":
-                ms = _plain_ms(model_name, data, dev, warmup, steps)
+                ms = _plain_ms(model_name, data, dev, warmup, steps, batch)
             else:
-                ms = _engine_ms(model_name, data, dev, warmup, steps, engine_options[loop])
+                ms = _engine_ms(model_name, data, dev, warmup, steps, {**settings, **engine_options[loop]})
             peak = (torch.cuda.max_memory_allocated(dev) - held) / 2**20 if cuda else math.nan
             gc.collect()  # the row's model, optimizer, graph and loader went out of scope above
             if cuda:
                 _free_cuda()
-            records.append({"model": model_name, "loop": loop, "device_name": name, "ms_per_step": ms,
-                            "images_per_s": BATCH_SIZE * 1000 / ms,
-                            "protocol_minutes": ms * PROTOCOL_STEPS / 60000, "peak_mem_mb": peak})
+            records.append({"model": model_name, "loop": loop, "device_name": name, "batch_size": batch,
+                            "ms_per_step": ms, "images_per_s": batch * 1000 / ms,
+                            "epoch_minutes": ms * epoch_steps / 60000,
+                            "protocol_minutes": ms * epoch_steps * PROTOCOL_EPOCHS / 60000, "peak_mem_mb": peak})
             log(f"bench: {model_name} / {loop}: {ms:.2f} ms/step")
     frame = pd.DataFrame(records, columns=COLUMNS)
-    markdown = bench_markdown(frame, steps=steps, warmup=warmup)
+    recipe = {key: value for key, value in settings.items() if key != "batch_size"}
+    markdown = bench_markdown(frame, steps=steps, warmup=warmup, epoch_steps=epoch_steps, recipe=recipe)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if profile_steps:
         log(f"bench: profiling {profile_steps} eager engine steps of each model")
-        profiles = pd.concat([profile_engine(m, data, dev, profile_steps) for m in models], ignore_index=True)
+        profiles = pd.concat([profile_engine(m, data, dev, profile_steps, settings=settings) for m in models],
+                             ignore_index=True)
         write_text(out_dir / "profile.csv", profiles.to_csv(index=False))
         markdown += f"\nDevice time of an eager engine step, from the PyTorch profiler ({profile_steps} steps):\n"
         markdown += profile_markdown(profiles)
@@ -280,8 +303,10 @@ def run_bench(data_path, models: Sequence[str], steps: int, device: str | torch.
     return frame
 
 
-def bench_markdown(frame: pd.DataFrame, *, steps: int, warmup: int) -> str:
-    """The bench table in markdown, with the device, the step counts and the speedups over ``plain``."""
+def bench_markdown(frame: pd.DataFrame, *, steps: int, warmup: int, epoch_steps: int,
+                   recipe: Mapping = MappingProxyType({})) -> str:
+    """The bench table in markdown, with the device, the batch size, the step counts, the recipe
+    (if any) and the speedups over ``plain``."""
     def cell(value) -> str:
         if isinstance(value, float):
             return "" if math.isnan(value) else f"{value:,.2f}"
@@ -290,8 +315,12 @@ def bench_markdown(frame: pd.DataFrame, *, steps: int, warmup: int) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(row[c]) for c in COLUMNS) + " |" for _, row in frame.iterrows()]
     devices = ", ".join(dict.fromkeys(frame["device_name"]))
-    lines += ["", f"Device: {devices}; batch {BATCH_SIZE}; {steps} timed steps per row after {warmup} "
-                  f"warm-up steps; protocol_minutes = 50 epochs x {PROTOCOL_STEPS // 50:,} steps, training only."]
+    batch = ", ".join(map(str, dict.fromkeys(frame["batch_size"])))
+    lines += ["", f"Device: {devices}; batch {batch}; {steps} timed steps per row after {warmup} warm-up steps; "
+                  f"epoch_minutes = {epoch_steps:,} steps (one epoch), protocol_minutes = {PROTOCOL_EPOCHS} such "
+                  f"epochs, training only."]
+    if recipe:
+        lines.append("Recipe: " + ", ".join(f"{key} {value_label(value)}" for key, value in recipe.items()) + ".")
     speedups = []
     for model_name, rows in frame.groupby("model", sort=False):
         ms = dict(zip(rows["loop"], rows["ms_per_step"], strict=True))
@@ -325,9 +354,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def main(args: argparse.Namespace) -> None:
-    """Run the bench from ``add_parser``'s arguments and print the markdown table."""
+def main(args: argparse.Namespace, settings: Mapping = MappingProxyType({})) -> None:
+    """Run the bench from ``add_parser``'s arguments (``settings``: the checked values of the
+    :data:`SETTINGS` options that differ from the protocol) and print the markdown table."""
     run_bench(args.data, args.models, args.steps, args.device, args.out, warmup=args.warmup,
-              loops=args.loops, profile_steps=args.profile,
+              loops=args.loops, profile_steps=args.profile, settings=settings,
               log=lambda message: print(message, file=sys.stderr, flush=True))
     print((Path(args.out) / "bench.md").read_text(encoding="utf-8"), end="")

@@ -34,12 +34,16 @@ def _whole_numbers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas (30,60), got {text!r}") from None
 
 
-def add_settings_options(parser: argparse.ArgumentParser) -> None:
-    """One option per train setting of the schema. A boolean is a switch away from its default:
-    ``--deterministic`` (default off), ``--no-cuda-graph`` (default on); a list is written with
-    commas (``--lr-milestones 30,60``); a setting that may be unset is unset unless given."""
-    parser.add_argument("--model", required=True, choices=config.model_names())
+def add_settings_options(parser: argparse.ArgumentParser, keys=None, *, model: bool = True) -> None:
+    """One option per train setting of the schema (or per one of ``keys``), and ``--model``. A
+    boolean is a switch away from its default: ``--deterministic`` (default off), ``--no-cuda-graph``
+    (default on); a list is written with commas (``--lr-milestones 30,60``); a setting that may be
+    unset is unset unless given."""
+    if model:
+        parser.add_argument("--model", required=True, choices=config.model_names())
     for key, spec in config.train_schema().items():
+        if keys is not None and key not in keys:
+            continue
         default, text = spec["default"], spec["description"]
         kinds = [kind for kind in config.types_of(spec) if kind != "null"]
         shown = "unset" if default is None else default
@@ -58,8 +62,11 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
                                 help=f"{text} (default: {shown})")
 
 
-def settings_from(args: argparse.Namespace) -> config.RunSettings:
-    values = {key: getattr(args, key) for key in ("model", *config.train_schema())}
+def settings_from(args: argparse.Namespace, keys=None) -> config.RunSettings:
+    """The run settings the options give (or those of ``keys``, the others at their defaults, for
+    the model ``args.model`` or, without such an option, paper), checked as the workflow checks a run."""
+    keys = list(config.train_schema()) if keys is None else keys
+    values = {"model": getattr(args, "model", "paper"), **{key: getattr(args, key) for key in keys}}
     problems = config.settings_problems(values)
     if problems:
         raise config.SettingsError("invalid settings: " + "; ".join(
@@ -128,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="peak accuracy against the swept values (PNG and SVG)")
     add_runs_options(p, "the figure's PNG path (the SVG goes beside it)")
 
-    bench.add_parser(sub)
+    add_settings_options(bench.add_parser(sub), keys=bench.SETTINGS, model=False)
     return parser
 
 
@@ -162,5 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 stages.sweep_figure(runs, facts, swept, out)
         elif args.command == "bench":
-            bench.main(args)
+            settings = settings_from(args, bench.SETTINGS)
+            bench.main(args, {key: getattr(settings, key) for key in bench.SETTINGS
+                              if getattr(settings, key) != config.DEFAULTS[key]})
     return 0

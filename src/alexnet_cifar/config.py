@@ -268,8 +268,27 @@ def _seed_list(seeds: int | list[int]) -> list[int]:
 
 
 def value_label(value: Any) -> str:
-    """A swept value as run names, tables and figures write it: 0.001 (not 0.0010000), true."""
-    return str(value).lower() if isinstance(value, bool) else format(value, "g")
+    """A value as run names, tables and figures write it: 0.001 (not 0.0010000), true, 30,60."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(value_label, value))
+    return value if isinstance(value, str) else format(value, "g")
+
+
+def differences_from_protocol(settings: RunSettings, *, leave_out: tuple[str, ...] = ()) -> list[str]:
+    """The result-defining settings in which a run differs from the write-up's protocol (the
+    schema's defaults), in the schema's order: ``batch_size 128``, ``augment_flip``,
+    ``lr_schedule plateau``. The model and the seed are not part of the protocol; ``leave_out``
+    names settings the caller shows itself."""
+    differences = []
+    for key in result_keys():
+        value = getattr(settings, key)
+        default = DEFAULTS.get(key)
+        if key in ("model", "seed", *leave_out) or value == default or value is None:
+            continue
+        differences.append(key if value is True else f"{key} {value_label(value)}")
+    return differences
 
 
 def expand_runs(config: Mapping[str, Any]) -> dict[str, Run]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -34,11 +35,26 @@ def _epoch_axis(ax) -> None:
     ax.grid(True, alpha=0.3)
 
 
+TRAIN_ACC_LABEL = "training accuracy (measured during the epoch, dropout and augmentation on)"
+
+
 def plot_run(frame: pd.DataFrame, facts: dict, paths, *, title: str) -> None:
     """Test accuracy against epoch (numbered from 1), the peak marked and labelled at its epoch
-    (a run that diverged in its first epoch has none, and the legend says so)."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    (a run that diverged in its first epoch has none, and the legend says so); beside it the
+    training accuracy and, where the run has validation images, the validation accuracy (with the
+    test accuracy at the first epoch of best validation accuracy marked), so that over-fitting
+    shows. A long title is wrapped."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     ax.plot(frame["epoch"], frame["test_acc"], marker="o", markersize=3, label="test accuracy")
+    ax.plot(frame["epoch"], frame["train_acc"], color="tab:green", linestyle="-.", linewidth=1.2,
+            label=TRAIN_ACC_LABEL)
+    if "val_acc" in frame and frame["val_acc"].notna().any():
+        ax.plot(frame["epoch"], frame["val_acc"], color="tab:purple", linestyle="--", linewidth=1.2,
+                label="validation accuracy (held-out training images)")
+    if facts.get("best_val_epoch") is not None:
+        ax.plot([facts["best_val_epoch"]], [facts["test_at_best_val"]], marker="D", markersize=7, color="tab:purple",
+                linestyle="none", label=f"test at the best validation epoch: {facts['test_at_best_val']:.2f} % "
+                                        f"(epoch {facts['best_val_epoch']})")
     peak_epoch, peak_acc = facts["peak_epoch"], facts["peak_test_acc"]
     if peak_acc is None:
         ax.plot([], [], linestyle="none", label="no peak: no epoch completed before the divergence")
@@ -51,12 +67,12 @@ def plot_run(frame: pd.DataFrame, facts: dict, paths, *, title: str) -> None:
         ax.axvline(facts["diverged_at_epoch"], color="black", linestyle=":",
                    label=f"diverged in epoch {facts['diverged_at_epoch']} "
                          f"(step {facts['diverged_at_step']}): training stopped")
-    ax.set_ylabel("Test accuracy (%)")
+    ax.set_ylabel("Accuracy (%)")
     ax.set_ylim(0, max(100.0, (peak_acc or 0) + 8))
     ax.set_xlim(0.5, max(frame["epoch"].max(), 1) + 0.5)
     _epoch_axis(ax)
-    ax.set_title(title)
-    ax.legend(loc="best")
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=10)
+    ax.legend(loc="best", fontsize=8)
     save(fig, paths)
 
 

@@ -24,7 +24,7 @@ from .errors import UserError
 RUN_COLUMNS = ["run", "setting", "seed", "model"]
 REPLICATES_COLUMNS = ["setting", "model", "epoch", "n", "mean", "sd", "min", "max"]
 SETTINGS_STATS = ["n_seeds", "n_diverged", "peak_mean", "peak_sd", "peak_min", "peak_max",
-                  "peak_epoch_median", "final_mean", "final_sd"]
+                  "peak_epoch_median", "test_at_best_val_mean", "test_at_best_val_sd", "final_mean", "final_sd"]
 #: a seed that ends this many points (or more) below its own peak falls as the reported run does
 DROP_POINTS = 10.0
 
@@ -109,12 +109,15 @@ def replicate_stats(table: pd.DataFrame, curves: Mapping[str, pd.DataFrame],
 
 
 def run_outcomes(table: pd.DataFrame, facts: Mapping[str, Mapping]) -> pd.DataFrame:
-    """The run table with each run's facts: peak_test_acc, peak_epoch, final_test_acc,
-    diverged_at_epoch (``<NA>`` when it did not) and diverged (bool)."""
+    """The run table with each run's facts: peak_test_acc, peak_epoch, test_at_best_val (``<NA>``
+    without validation), final_test_acc, diverged_at_epoch (``<NA>`` when it did not) and
+    diverged (bool)."""
     runs = list(table["run"])
     diverged_at = pd.array([_diverged_epoch(facts[run]) for run in runs], dtype="Int64")
     return table.assign(peak_test_acc=pd.array([facts[run]["peak_test_acc"] for run in runs], dtype="Float64"),
                         peak_epoch=pd.array([facts[run]["peak_epoch"] for run in runs], dtype="Int64"),
+                        test_at_best_val=pd.array([facts[run].get("test_at_best_val") for run in runs],
+                                                  dtype="Float64"),
                         final_test_acc=[float(facts[run]["final_test_acc"]) for run in runs],
                         diverged_at_epoch=diverged_at, diverged=~diverged_at.isna())
 
@@ -124,8 +127,9 @@ def setting_stats(table: pd.DataFrame, facts: Mapping[str, Mapping],
     """One row per setting: setting, model, the swept keys' values, then :data:`SETTINGS_STATS`.
 
     peak_* are over every run's peak (a diverged run's counts the epochs before it diverged, and
-    one that diverged in its first epoch has none); final_* leave diverged runs out, so they are
-    missing when every run diverged.
+    one that diverged in its first epoch has none), test_at_best_val_* likewise over the runs'
+    test accuracy at their best validation epoch (missing without validation); final_* leave
+    diverged runs out, so they are missing when every run diverged.
     """
     outcomes = run_outcomes(table, facts)
     finished = outcomes[~outcomes["diverged"]]
@@ -134,7 +138,8 @@ def setting_stats(table: pd.DataFrame, facts: Mapping[str, Mapping],
              .agg(n_seeds=("run", "count"), n_diverged=("diverged", "sum"),
                   peak_mean=("peak_test_acc", "mean"), peak_sd=("peak_test_acc", "std"),
                   peak_min=("peak_test_acc", "min"), peak_max=("peak_test_acc", "max"),
-                  peak_epoch_median=("peak_epoch", "median")))
+                  peak_epoch_median=("peak_epoch", "median"),
+                  test_at_best_val_mean=("test_at_best_val", "mean"), test_at_best_val_sd=("test_at_best_val", "std")))
     finals = (finished.groupby(by_setting, sort=False, dropna=False)["final_test_acc"]
               .agg(final_mean="mean", final_sd="std"))
     stats = peaks.join(finals).reset_index()
@@ -188,6 +193,13 @@ def setting_section(setting: str, settings_row: Mapping, outcomes: pd.DataFrame,
         seeds = (f"the seeds' peaks {_pct(settings_row['peak_mean'])} on average (sd {settings_row['peak_sd']:.2f}, "
                  f"{settings_row['peak_min']:.2f}-{settings_row['peak_max']:.2f} %)")
     lines.append(f"- Peak: reported {_pct(ref_peak)}, {seeds}: **{distance}**{why}.")
+
+    chosen = outcomes["test_at_best_val"].dropna()
+    if len(chosen):
+        spread = f" (sd {settings_row['test_at_best_val_sd']:.2f})" if len(chosen) > 1 else ""
+        lines.append(f"- Test accuracy at the epoch of best validation accuracy (chosen without the test set): "
+                     f"{_pct(settings_row['test_at_best_val_mean'])}{spread} over {len(chosen)} seed"
+                     f"{'s' if len(chosen) != 1 else ''}, against the peak's {_pct(settings_row['peak_mean'])}.")
 
     within, common = epochs_within_range(stats, reference)
     if common:

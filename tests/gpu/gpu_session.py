@@ -6,26 +6,34 @@ Run through ``tests/gpu/gpu_session.sh`` (which sets the paths). Parts, in this 
    config's settings) for 1 epoch of each model on the real images, with a training set whose size
    is not a multiple of the batch size (the last, smaller batch after graph capture) and the
    evaluation;
-2. the bench of every loop, with ``--profile``;
+2. the bench of every loop, with ``--profile``, and the step of each ladder run (part 6's) at its
+   batch size and recipe;
 3. graph against eager (``check_graph_vs_eager.py``), the fused SGD update and a training recipe
    (augmentation, a cosine schedule) inside the graph too; from the weights, that a replayed step
    after an lr change applies the new lr; that the augmentation draws anew at every replay;
 4. both models at lr 0.01 (``config/as-stated.yaml``) for 2 epochs;
 5. with the time left, the paper model at the default config, its history saved after every
-   epoch; it resumes from its checkpoint in the work folder in the next call.
+   epoch; it resumes from its checkpoint in the work folder in the next call;
+6. the ladder's four recipe runs (``config/ladder.yaml``, seed 0 each: the paper's recipe with and
+   without LRN, the modern recipe for paper and torchvision), one after the other, each for an
+   equal share of the time left, one history line saved per epoch; a run cut at its share resumes
+   from its checkpoint in the next call, and a run finished in an earlier call is not trained again.
 
 Results go to OUT (flat, at most 8 files): ``session.log``, ``session.json`` (the machine, the
 versions and each part's outcome, rewritten after every part), ``bench.csv``, ``bench.md``,
-``profile.csv``, ``graph_vs_eager.json`` and ``history_paper.json``. The data and the checkpoints
-live in the work folder, outside OUT. ``--tiny`` shrinks everything for a dry run on the CPU.
+``profile.csv``, ``graph_vs_eager.json``, ``history_paper.json`` and ``history_ladder.json``. The
+data and the checkpoints live in the work folder, outside OUT. ``--tiny`` shrinks everything for a
+dry run on the CPU (part 6: batch 4, 2 validation images, 3 epochs a run, no bf16).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
+import math
 import os
 import platform
 import signal
@@ -40,16 +48,23 @@ import torch
 
 from alexnet_cifar import bench, config, data, provenance, stages
 from alexnet_cifar.atomic import write_text
+from alexnet_cifar.history import HISTORY_FILE, read_history
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
 import check_graph_vs_eager  # noqa: E402
 
 log = logging.getLogger("alexnet_cifar")
-PARTS = (1, 2, 3, 4, 5)
-#: seconds a part needs at least on an H100 (measured on the H200: README, "Speed"); a part that
-#: does not fit in the time left is skipped, not started
-NEEDS = {1: 90, 2: 120, 3: 180, 4: 150, 5: 60}
+PARTS = (1, 2, 3, 4, 5, 6)
+#: seconds a part needs at least on an H100 (measured on the H200: README, "Speed"; part 6: one
+#: epoch of each ladder run, estimated in docs/gpu/ladder-estimate.md); a part that does not fit in
+#: the time left is skipped, not started
+NEEDS = {1: 90, 2: 120, 3: 180, 4: 150, 5: 60, 6: 240}
+#: part 6: the ladder's recipe runs (config/ladder.yaml), seed 0 of each
+LADDER_RUNS = ("paper-recipe", "paper-recipe-nolrn", "modern-paper", "modern-torchvision")
+#: part 6 in a dry run (--tiny): what 10 training images allow, epochs that end on their own, and no
+#: bf16 (emulated on a CPU without it, ten times slower; part 2 times it)
+TINY_LADDER = {"batch_size": 4, "validation_images": 2, "epochs": 3, "bf16": False}
 MARGIN_S = 15  # kept free at the end: writing the last files (the tiny dry run needs 5)
 
 
@@ -76,7 +91,7 @@ class Session:
         archive = Path(self.args.archive) if self.args.archive else self.work / "cifar-10-python.tar.gz"
         if not self.args.archive:
             subprocess.run([sys.executable, self.args.tool, str(archive), "--npz", self.args.jpeg], check=True)
-        limits = {"limit_train": 10, "limit_test": 8} if self.args.tiny else {}
+        limits = {"limit_train": 10, "limit_test": 4} if self.args.tiny else {}
         stages.prepare(archive, npz, **limits)
         return npz
 
@@ -113,18 +128,21 @@ class Session:
                 torch.cuda.empty_cache()
         log.info(f"part {part}: {record['status']} in {record['seconds']} s")
 
-    def train(self, settings, npz: Path, out_dir: Path, on_epoch=None) -> dict:
+    @property
+    def margin(self) -> float:
+        return 5 if self.args.tiny else MARGIN_S
+
+    def train(self, settings, npz: Path, out_dir: Path, on_epoch=None, seconds: float | None = None) -> dict:
         """``stages.train`` as the train rule calls it, stopped by SIGTERM (as SLURM stops a job)
-        when the deadline comes, or when the caller sends one; a stopped run keeps its checkpoint
-        for the next call."""
-        margin = 5 if self.args.tiny else MARGIN_S
+        when the deadline comes (or after ``seconds``, if sooner), or when the caller sends one; a
+        stopped run keeps its checkpoint for the next call."""
         deadline_came = threading.Event()
 
         def stop_at_the_deadline() -> None:
             deadline_came.set()
             os.kill(os.getpid(), signal.SIGTERM)
 
-        timer = threading.Timer(max(1.0, self.left() - margin), stop_at_the_deadline)
+        timer = threading.Timer(max(1.0, min(self.left() - self.margin, seconds or math.inf)), stop_at_the_deadline)
         timer.start()
         try:
             history = stages.train(settings, npz, out_dir, on_epoch=on_epoch)
@@ -138,11 +156,11 @@ class Session:
             timer.cancel()
 
     def settings(self, run: str, *overlays: str, **changes):
+        """The run's settings in the config files (config/config.yaml and ``overlays``), on this
+        session's device, with ``changes`` (which win over the run entry's own values)."""
         cfg = config.load_config(REPO / "config/config.yaml", *(REPO / "config" / o for o in overlays))
-        train = {**cfg.get("train", {}), "device": self.args.device, **changes}
-        if self.args.tiny:
-            train["eval_batch_size"] = 8
-        return config.resolve_run({**cfg, "train": train}, run)
+        changes = {"device": self.args.device, **({"eval_batch_size": 8} if self.args.tiny else {}), **changes}
+        return dataclasses.replace(config.resolve_run(cfg, run), **changes)
 
     # -- the parts ----------------------------------------------------------------------
     def part1(self, record: dict) -> dict:
@@ -161,9 +179,25 @@ class Session:
         bench.run_bench(self.data(), self.models(), steps, self.args.device, self.out, warmup=warmup,
                         loops=["plain", *bench.ENGINE_LOOPS], profile_steps=profile, log=log.info)
         record["bench_md"] = (self.out / "bench.md").read_text()
+        self.save()
+        record["ladder_bench"] = self.ladder_bench(*((1, 0) if self.args.tiny else (100, 20)))
+
+    def ladder_bench(self, steps: int, warmup: int) -> list[dict]:
+        """The step of each ladder run (its model, batch size and recipe; bf16 and channels-last
+        where it has them), timed by the bench: what the README's ladder table estimates. The
+        bench's files go to the work folder (OUT holds at most 8), its rows into session.json."""
+        rows = []
+        for run in LADDER_RUNS:
+            s = self.settings(f"{run}-seed0", "ladder.yaml", **(TINY_LADDER if self.args.tiny else {}))
+            loop = "engine+bf16+channels_last" if s.bf16 else "engine"
+            recipe = {key: getattr(s, key) for key in bench.SETTINGS if getattr(s, key) != config.DEFAULTS[key]}
+            frame = bench.run_bench(self.data(), [s.model], steps, self.args.device, self.work / "ladder-bench" / run,
+                                    warmup=warmup, loops=[loop], settings=recipe, log=log.info)
+            rows.append({"run": run, "epochs": s.epochs, **frame.iloc[0].to_dict()})
+        return rows
 
     def part3(self, record: dict) -> dict:
-        limit = ["--limit-train", "10", "--limit-test", "8", "--epochs", "1"] if self.args.tiny else \
+        limit = ["--limit-train", "10", "--limit-test", "4", "--epochs", "1"] if self.args.tiny else \
             ["--limit-train", "10000", "--epochs", "2"]
         code = check_graph_vs_eager.main(["--data", str(self.data()), "--models", ",".join(self.models()),
                                           "--device", self.args.device, "--out", str(self.out / "graph_vs_eager.json"),
@@ -189,6 +223,34 @@ class Session:
         outcome.pop("history", None)  # in history_paper.json
         return outcome
 
+    def part6(self, record: dict) -> dict:
+        npz, runs, histories = self.data(), {}, {}
+        record["runs"] = runs
+
+        def saved(run: str):
+            def save(history: list[dict]) -> None:
+                histories[run] = history
+                write_text(self.out / "history_ladder.json", json.dumps(histories, indent=1) + "\n")
+                runs[run]["epochs_done"] = len(history)
+                self.save()
+            return save
+
+        for position, run in enumerate(LADDER_RUNS):
+            out_dir = self.work / "part6" / run
+            runs[run] = {}
+            if (out_dir / HISTORY_FILE).exists():  # finished in an earlier call
+                saved(run)(read_history(out_dir / HISTORY_FILE))
+                runs[run]["status"] = "finished in an earlier call"
+                continue
+            share = (self.left() - self.margin) / (len(LADDER_RUNS) - position)
+            settings = self.settings(f"{run}-seed0", "ladder.yaml", **(TINY_LADDER if self.args.tiny else {}))
+            runs[run].update(share_s=round(share), settings=settings.result_params())
+            outcome = self.train(settings, npz, out_dir, on_epoch=saved(run), seconds=share)
+            outcome.pop("history", None)  # in history_ladder.json
+            runs[run].update(outcome)
+        finished = all(r["status"] in ("ok", "finished in an earlier call") for r in runs.values())
+        return {"status": "ok" if finished else "not every run finished; run part 6 again to continue"}
+
     def models(self) -> list[str]:
         return self.args.models.split(",")
 
@@ -203,7 +265,7 @@ def machine(device: torch.device) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deadline", type=float, required=True, help="seconds this call may take in all")
-    parser.add_argument("--parts", default="1,2,3,4,5", help="comma-separated, from 1-5 (run in order)")
+    parser.add_argument("--parts", default="1,2,3,4,5,6", help="comma-separated, from 1-6 (run in order)")
     parser.add_argument("--out", required=True, help="results (at most 8 files)")
     parser.add_argument("--work", default=str(REPO / ".gpuwork"), help="data and checkpoints (kept between calls)")
     parser.add_argument("--jpeg", help="the shared cifar10-jpeg.npz (real images as JPEG)")

@@ -2,7 +2,7 @@ import os
 import re
 
 # The Snakefile put src/ on sys.path; the config module reads configs without importing torch.
-from alexnet_cifar.config import WORKFLOW_FILES, expand_runs
+from alexnet_cifar.config import WORKFLOW_FILES, differences_from_protocol, expand_runs
 
 # Normalised, so that targets spelled like the config (results/x, ./results/x) match the rules.
 OUTDIR = os.path.normpath(config["outdir"])
@@ -22,8 +22,18 @@ def result_params(wildcards):
 
 
 def figure_title(wildcards):
+    """The run, its model, lr, batch and momentum, and every other setting in which it differs from
+    the write-up's protocol."""
     s = RUNS[wildcards.run].settings
-    return f"{wildcards.run}: {s.model} AlexNet, lr {s.lr:g}, batch {s.batch_size}, momentum {s.momentum:g}"
+    title = f"{wildcards.run}: {s.model} AlexNet, lr {s.lr:g}, batch {s.batch_size}, momentum {s.momentum:g}"
+    recipe = differences_from_protocol(s, leave_out=("lr", "batch_size", "momentum"))
+    return title + (f"; {', '.join(recipe)}" if recipe else "")
+
+
+def protocol_differences(wildcards):
+    """For a caption: what the run changes from the write-up's protocol, or that it changes nothing."""
+    differences = differences_from_protocol(RUNS[wildcards.run].settings)
+    return ", ".join(differences) if differences else "nothing (the write-up's protocol)"
 
 
 def run_table():

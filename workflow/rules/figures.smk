@@ -30,6 +30,7 @@ rule run_figure:
     params:
         title=figure_title,
         settings=result_params,
+        differences=protocol_differences,
     script:
         "../scripts/run_figure.py"
 
