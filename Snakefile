@@ -1,4 +1,5 @@
-# Rebuilds the AlexNet-on-CIFAR-10 experiment: download -> prepare -> train (per run) -> metrics -> figures.
+# Rebuilds the AlexNet-on-CIFAR-10 experiment: download -> prepare -> train (per run) -> metrics -> figures,
+# and per class.
 # The logic lives in the package alexnet_cifar (src/); the rules only wire files together.
 import os
 import sys
@@ -42,6 +43,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/classes.smk"
 
 
 rule all:

@@ -322,7 +322,8 @@ def test_the_expanded_run_names_are_checked_not_the_entry_names():
     assert config_problems(full({"runs": {"summary": {"model": "paper", "seeds": 2}}})) == []
     assert config_problems(full({"runs": {"summary": {"model": "paper"}}, "sweep": {"lr": [0.01]}})) == []
     assert config_problems(full({"runs": {"summary": {"model": "paper"}}})) != []
-    assert set(reserved_run_names()) == {"summary", "replicates", "settings", "comparison", "sweep"}
+    assert set(reserved_run_names()) == {"summary", "replicates", "settings", "comparison", "sweep",
+                                         "classes_by_setting"}
 
 
 def test_the_workflow_stops_on_a_reserved_run_name_before_any_job(tmp_path):

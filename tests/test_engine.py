@@ -159,6 +159,7 @@ def test_fused_sgd_is_an_option_that_trains_alike_and_a_resume_keeps_the_chosen_
 
     fused = trainers[True]
     fused.history = [record(1)]
+    fused.predictions["test"] = [torch.zeros(len(fused.test_y), dtype=torch.uint8)]  # as an evaluation left them
     fused.steps_done = fused.steps_per_epoch
     fingerprint = RunSettings(model=tiny, epochs=2).fingerprint("md5")
     checkpoint.save(tmp_path / "checkpoint.pt", fused, fingerprint)
@@ -312,6 +313,12 @@ def _damage(ck: dict, part: str) -> None:
         ck["lr"] *= 10
     elif part == "history: a validation accuracy over 100":
         ck["history"][0]["val_acc"] = 101.0
+    elif part == "predictions: a test row of another length":
+        ck["predictions"]["test"] = ck["predictions"]["test"][:, :-1]
+    elif part == "predictions: a class beyond the model's outputs":
+        ck["predictions"]["val"][0, 0] = 10
+    elif part == "predictions: no validation rows":
+        ck["predictions"]["val"] = None
     else:
         raise AssertionError(part)
 
@@ -321,7 +328,9 @@ DAMAGES = ["model: a weight of another shape", "model: a NaN weight", "model: a 
            "rng: the data order state", "history: an accuracy over 100", "history: a missing field",
            "step count", "epoch count", "rng: the augmentation state",
            "schedule: a plateau count its history does not give", "lr: not the lr of the last epoch",
-           "history: an lr the schedule does not give", "history: a validation accuracy over 100"]
+           "history: an lr the schedule does not give", "history: a validation accuracy over 100",
+           "predictions: a test row of another length", "predictions: a class beyond the model's outputs",
+           "predictions: no validation rows"]
 
 #: Every recipe setting on (the plateau, the schedule with a state, for the schedule).
 EVERY_RECIPE = {"augment_flip": True, "augment_translate": 4, "augment_pca_colour": 0.1, "lr_schedule": "plateau",
@@ -345,11 +354,12 @@ def first_epoch_checkpoint(tmp_path_factory):
         with pytest.raises(StopAfterFirstEpoch):
             fit(settings, data, stopped_dir, torch.device("cpu"), data_md5="md5", log=lambda _: None,
                 on_epoch=_stop_after_first_epoch)
-        yield settings, data, torch.load(stopped_dir / "checkpoint.pt", weights_only=True), strip_time(fresh)
+        yield (settings, data, torch.load(stopped_dir / "checkpoint.pt", weights_only=True), strip_time(fresh),
+               fresh_dir)
 
 
 def test_an_intact_checkpoint_resumes_to_the_fresh_run_s_history(first_epoch_checkpoint, tmp_path):
-    settings, data, ck, fresh = first_epoch_checkpoint
+    settings, data, ck, fresh, _ = first_epoch_checkpoint
     torch.save(ck, tmp_path / "checkpoint.pt")
     messages = []
     history, resumed = fit(settings, data, tmp_path, torch.device("cpu"), data_md5="md5", log=messages.append)
@@ -362,7 +372,7 @@ def test_a_run_with_every_recipe_setting_stopped_by_sigterm_resumes_to_the_same_
     """SIGTERM after epoch 1 (sent by the run to itself, as SLURM would send it): the training stops
     at its next step keeping the checkpoint; run again, it ends with the uninterrupted history:
     the augmentation draws, the plateau's state and each epoch's lr included."""
-    settings, data, _, fresh = first_epoch_checkpoint
+    settings, data, _, fresh, fresh_dir = first_epoch_checkpoint
     flag = StopFlag()
 
     def sigterm_after_epoch_1(records):
@@ -377,13 +387,16 @@ def test_a_run_with_every_recipe_setting_stopped_by_sigterm_resumes_to_the_same_
     history, resumed = fit(settings, data, tmp_path, torch.device("cpu"), data_md5="md5", log=lambda _: None)
     assert resumed == 1 and strip_time(history) == fresh
     assert all(r["val_acc"] is not None for r in history)
+    record, uninterrupted = (np.load(folder / "predictions.npz") for folder in (tmp_path, fresh_dir))
+    for key in ("test", "val", "val_index"):  # the record of predictions too
+        np.testing.assert_array_equal(record[key], uninterrupted[key])
 
 
 @pytest.mark.parametrize("part", DAMAGES)
 def test_a_damaged_checkpoint_part_leaves_the_run_exactly_as_a_fresh_one(first_epoch_checkpoint, tmp_path, part):
     """Resuming is all or nothing: whichever part is bad, nothing of the checkpoint is taken, the
     file is set aside with the part named, and the history equals a fresh run's."""
-    settings, data, ck, fresh = first_epoch_checkpoint
+    settings, data, ck, fresh, _ = first_epoch_checkpoint
     damaged = copy.deepcopy(ck)
     _damage(damaged, part)
     torch.save(damaged, tmp_path / "checkpoint.pt")
@@ -409,7 +422,8 @@ def test_a_diverging_run_stops_and_still_writes_its_model(tmp_path, tiny):
 def test_weights_that_go_non_finite_in_the_last_update_count_as_divergence(tmp_path, monkeypatch, tiny):
     """Every training loss finite, yet the epoch's last update left weights that evaluate to a NaN
     loss (seen with lr 1000): the epoch is marked diverged at its last step, and training stops."""
-    monkeypatch.setattr(Trainer, "evaluate", lambda self, split="test": Evaluation(float("nan"), 10.0, None))
+    monkeypatch.setattr(Trainer, "evaluate",
+                        lambda self, split="test": Evaluation(float("nan"), 10.0, torch.zeros(len(self.test_y))))
     history, _ = fit(RunSettings(model=tiny, epochs=3, device="cpu"), arrays(8, 4), tmp_path,
                      torch.device("cpu"), data_md5="md5", log=lambda _: None)
     assert len(history) == 1 and history[0]["diverged_at_step"] == 2  # 8 images: 2 steps

@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import zipfile
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from workflow_helpers import make_workdir, planned_jobs, snakemake, tiny_config
-
-from alexnet_cifar.config import WORKFLOW_FILES
 
 RUNS = ("paper", "torchvision", "blowup")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -26,7 +24,7 @@ def finished(tmp_path_factory, tiny_archive, http_server):
                          runs={"paper": {"model": "paper"}, "torchvision": {"model": "torchvision"},
                                "blowup": {"model": "paper", "lr": 1000.0}})
     workdir = make_workdir(tmp_path_factory.mktemp("workflow"), config)
-    result = snakemake(workdir)
+    result = snakemake(workdir, "--cores", "2")  # the trainings one at a time (gpu=1), the rest two at a time
     return workdir, workdir / "results", result
 
 
@@ -50,6 +48,15 @@ def test_every_output_is_complete(finished):
         log = (out / f"logs/train/{run}.log").read_text()
         assert "epoch 1/2 train_loss" in log
         assert (out / f"benchmarks/train/{run}.tsv").exists()
+        # per class: the record of predictions, the tables and the figures, in folders of their own
+        assert np.load(out / f"runs/{run}/predictions.npz")["test"].shape == (len(history), 8)
+        classes_table = pd.read_csv(out / f"metrics/classes/{run}.csv")
+        assert list(classes_table.columns) == ["epoch", "class", "accuracy"] and len(classes_table) == 10 * len(history)
+        confusion = pd.read_csv(out / f"metrics/confusion/{run}.csv")
+        assert list(dict.fromkeys(confusion["which"])) == (["last"] if run == "blowup" else ["peak", "last"])
+        for kind in ("classes", "confusion"):
+            assert (out / f"figures/{kind}/{run}.png").read_bytes()[:8] == PNG_MAGIC
+            assert ">airplane" in (out / f"figures/{kind}/{run}.svg").read_text()  # class names as SVG text
     # a config without seeds or sweep: settings of one run each, no sweep figure
     settings = pd.read_csv(out / "metrics/settings.csv")
     assert sorted(settings["setting"]) == sorted(RUNS) and (settings["n_seeds"] == 1).all()
@@ -63,6 +70,11 @@ def test_every_output_is_complete(finished):
         assert "% test_loss" in (out / f"logs/train/{run}.log").read_text().split("epoch 1/2")[1]
         assert " eta 00:00:" in (out / f"logs/train/{run}.log").read_text()
     assert (out / "figures/comparison.png").read_bytes()[:8] == PNG_MAGIC
+    by_setting = pd.read_csv(out / "metrics/classes_by_setting.csv")
+    assert set(by_setting["setting"]) == {"paper", "torchvision"}  # blowup diverged in epoch 1: none
+    # one seed each; n 0 (and no mean) for a class that none of the 8 test images belongs to
+    assert set(by_setting["n"]) <= {0, 1} and (by_setting["n"] == 1).any()
+    assert by_setting["mean"].notna().tolist() == (by_setting["n"] == 1).tolist()
 
 
 @pytest.mark.slow
@@ -150,6 +162,17 @@ def test_one_deleted_figure_reruns_only_its_rule(finished):
 
 
 @pytest.mark.slow
+def test_one_deleted_confusion_figure_reruns_only_its_rule(finished):
+    workdir, out, _ = finished
+    (out / "figures/confusion/torchvision.png").unlink()
+    plan = snakemake(workdir, "results/figures/confusion/torchvision.png", "-n")
+    assert planned_jobs(plan.stdout) == {"confusion": 1}
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"confusion": 1, "all": 1}
+    snakemake(workdir, "results/figures/confusion/torchvision.png")
+    assert (out / "figures/confusion/torchvision.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.slow
 def test_a_changed_hyperparameter_retrains_only_that_run(finished):
     workdir, _, _ = finished
     config = yaml.safe_load((workdir / "tiny.yaml").read_text())
@@ -193,6 +216,8 @@ def test_one_figure_in_a_fresh_folder_builds_only_what_it_needs(tmp_path, tiny_a
     workdir = make_workdir(tmp_path, tiny_config(str(path), md5))
     plan = snakemake(workdir, "results/figures/torchvision.png", "-n")
     assert planned_jobs(plan.stdout) == {"download": 1, "prepare": 1, "train": 1, "metrics": 1, "run_figure": 1}
+    plan = snakemake(workdir, "results/figures/confusion/torchvision.png", "-n")
+    assert planned_jobs(plan.stdout) == {"download": 1, "prepare": 1, "train": 1, "confusion": 1}
 
 
 # Each in a folder of its own, never this checkout (Snakemake writes .snakemake/ into its folder,
@@ -224,108 +249,3 @@ def test_bad_config_stops_before_any_job_with_the_key_named(tmp_path, change, ex
     assert expected in result.stderr + result.stdout
     assert "Traceback" not in result.stderr  # one line per problem, no Python frames
     assert not (workdir / "results").exists()
-
-
-# -- seeds and a sweep ------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def replicated(tmp_path_factory, tiny_archive):
-    """A recipe config end to end: two seeds of torchvision crossed with lr 0.001 and 1000 (which
-    diverges), with 2 validation images and a step schedule (the lr halves after epoch 1): 4
-    trainings of 2 epochs on 10 images. (Settings of one seed: every config without seeds, as
-    ``finished``.)"""
-    path, md5 = tiny_archive
-    config = tiny_config(str(path), md5, sweep={"lr": [0.001, 1000.0]},
-                         runs={"tv": {"model": "torchvision", "seeds": 2}})
-    config["train"].update(validation_images=2, lr_schedule="step", lr_milestones=[1], lr_gamma=0.5)
-    workdir = make_workdir(tmp_path_factory.mktemp("replicated"), config, base={})
-    snakemake(workdir, "--cores", "2")
-    return workdir / "results"
-
-
-REPLICATED_RUNS = ["tv-lr0.001-seed0", "tv-lr0.001-seed1", "tv-lr1000-seed0", "tv-lr1000-seed1"]
-
-
-@pytest.mark.slow
-def test_seeds_crossed_with_a_sweep_run_end_to_end(replicated):
-    summary = pd.read_csv(replicated / "metrics/summary.csv")
-    assert list(summary["run"]) == REPLICATED_RUNS
-    assert list(summary["setting"]) == ["tv-lr0.001"] * 2 + ["tv-lr1000"] * 2
-    assert list(summary["seed"]) == [0, 1, 0, 1]
-    for name in ("replicates.png", "replicates.svg", "sweep.png", "sweep.svg"):
-        assert (replicated / "figures" / name).stat().st_size > 1000, name
-    text = (replicated / "metrics/summary.md").read_text()
-    assert "### tv-lr0.001 (model torchvision, lr 0.001; 2 seeds)" in text
-
-
-@pytest.mark.slow
-def test_the_workflow_s_own_files_beside_the_per_run_files_are_the_reserved_list(replicated):
-    """Every file in metrics/ and figures/ is a run's or one of WORKFLOW_FILES, whose stems no run
-    may take: a new output of the workflow there is reserved only once it is in that list."""
-    per_run = {f"{folder}/{run}{suffix}" for run in REPLICATED_RUNS
-               for folder, suffixes in (("metrics", (".csv", ".facts.json")), ("figures", (".png", ".svg")))
-               for suffix in suffixes}
-    found = {path.relative_to(replicated).as_posix() for folder in ("metrics", "figures")
-             for path in (replicated / folder).iterdir()}
-    assert per_run <= found
-    assert found - per_run == set(WORKFLOW_FILES)
-
-
-@pytest.mark.slow
-def test_the_aggregates_equal_a_direct_computation_from_the_per_run_csvs(replicated):
-    curves = {run: pd.read_csv(replicated / f"metrics/{run}.csv") for run in REPLICATED_RUNS}
-    first = [curves[f"tv-lr0.001-seed{s}"]["test_acc"].iloc[0] for s in (0, 1)]
-    rows = pd.read_csv(replicated / "metrics/replicates.csv").query("setting == 'tv-lr0.001'").to_dict("records")
-    row = rows[0]
-    assert [r["epoch"] for r in rows] == [1, 2] and row["n"] == 2
-    assert row["mean"] == pytest.approx(statistics.mean(first)) and row["sd"] == pytest.approx(statistics.stdev(first))
-    assert (row["min"], row["max"]) == (min(first), max(first))
-    settings = pd.read_csv(replicated / "metrics/settings.csv").set_index("setting")
-    assert list(settings.columns[:2]) == ["model", "lr"]
-    peaks = [curves[f"tv-lr0.001-seed{s}"]["test_acc"].max() for s in (0, 1)]
-    finals = [curves[f"tv-lr0.001-seed{s}"]["test_acc"].iloc[-1] for s in (0, 1)]
-    assert settings.loc["tv-lr0.001", "peak_mean"] == pytest.approx(statistics.mean(peaks))
-    assert settings.loc["tv-lr0.001", "final_sd"] == pytest.approx(statistics.stdev(finals))
-
-
-@pytest.mark.slow
-def test_a_recipe_run_records_validation_and_its_schedule_and_tables_pick_the_epoch_on_validation(replicated):
-    """Validation in the history, the CSV, the facts, summary.csv, settings.csv and summary.md; the
-    step schedule in each epoch's lr; the figure with the training and validation accuracy and a
-    title naming the recipe."""
-    summary = pd.read_csv(replicated / "metrics/summary.csv").set_index("run")
-    for run in ("tv-lr0.001-seed0", "tv-lr0.001-seed1"):
-        history = [json.loads(line) for line in (replicated / f"runs/{run}/history.jsonl").read_text().splitlines()]
-        assert [r["lr"] for r in history] == [0.001, 0.0005]  # halved after the milestone, epoch 1
-        assert all(r["val_acc"] is not None and r["val_loss"] is not None for r in history)
-        csv = pd.read_csv(replicated / f"metrics/{run}.csv")
-        assert csv["val_acc"].notna().all() and list(csv["lr"]) == [0.001, 0.0005]
-        best = csv.loc[csv["val_acc"].idxmax()]
-        facts = json.loads((replicated / f"metrics/{run}.facts.json").read_text())
-        assert (facts["best_val_epoch"], facts["test_at_best_val"]) == (best["epoch"], best["test_acc"])
-        assert (summary.loc[run, "best_val_epoch"], summary.loc[run, "test_at_best_val"]) == (
-            best["epoch"], best["test_acc"])
-        svg = (replicated / f"figures/{run}.svg").read_text()
-        assert "training accuracy (measured during the epoch, dropout and augmentation on)" in svg
-        assert "validation accuracy (held-out training images)" in svg and "test at the best validation epoch" in svg
-        assert "lr_schedule step" in svg and "validation_images 2" in svg  # the title names the recipe
-    assert summary.loc["tv-lr1000-seed0", ["best_val_epoch", "test_at_best_val"]].isna().all()  # diverged in epoch 1
-    settings = pd.read_csv(replicated / "metrics/settings.csv").set_index("setting")
-    chosen = [summary.loc[f"tv-lr0.001-seed{s}", "test_at_best_val"] for s in (0, 1)]
-    assert settings.loc["tv-lr0.001", "test_at_best_val_mean"] == pytest.approx(statistics.mean(chosen))
-    assert settings.loc["tv-lr0.001", "test_at_best_val_sd"] == pytest.approx(statistics.stdev(chosen))
-    text = (replicated / "metrics/summary.md").read_text()
-    assert "| test at best val % | best val epoch |" in text and "picks its epoch on the test set itself" in text
-    assert "- Test accuracy at the epoch of best validation accuracy (chosen without the test set)" in text
-
-
-@pytest.mark.slow
-def test_a_setting_whose_seeds_diverged_counts_them_and_leaves_their_epochs_out(replicated):
-    settings = pd.read_csv(replicated / "metrics/settings.csv").set_index("setting")
-    assert settings.loc["tv-lr1000", "n_seeds"] == 2 and settings.loc["tv-lr1000", "n_diverged"] == 2
-    assert pd.isna(settings.loc["tv-lr1000", "final_mean"])  # diverged runs are left out of final_*
-    assert pd.isna(settings.loc["tv-lr1000", "peak_mean"])  # diverged in epoch 1: no epoch before it
-    replicates = pd.read_csv(replicated / "metrics/replicates.csv")
-    assert "tv-lr1000" not in set(replicates["setting"])  # only epochs before the divergence count
-    assert "Diverged: tv-lr1000-seed0 in epoch 1, tv-lr1000-seed1 in epoch 1" in (
-        replicated / "metrics/summary.md").read_text()

@@ -2,8 +2,8 @@
 
 :func:`save` writes it after every epoch; :func:`resume` takes it back all or nothing. Every part
 (model, optimizer, RNG states (the augmentation's included), history, step count, the learning-rate
-schedule's state and the current lr) is read and checked into fresh objects first, and the trainer
-changes only once all of them passed. A checkpoint that fails any check is set
+schedule's state and the current lr, the predictions so far) is read and checked into fresh objects
+first, and the trainer changes only once all of them passed. A checkpoint that fails any check is set
 aside (``checkpoint.set-aside-*.pt``) with a log line naming the part, and the run starts exactly
 as if there had been none.
 """
@@ -25,8 +25,8 @@ from .recipes import LrSchedule
 if TYPE_CHECKING:
     from .engine import Trainer
 
-#: 4: with the augmentation generator, the schedule's state and the lr. (3 had one optimizer state;
-#: 2 one per part of a cut backward pass; 1 came before it.)
+#: 4: with the augmentation generator, the schedule's state, the lr and the predictions. (3 had one
+#: optimizer state; 2 one per part of a cut backward pass; 1 came before it.)
 FORMAT = 4
 
 
@@ -44,6 +44,7 @@ def state(trainer: Trainer, fingerprint: str) -> dict:
                 "cuda": torch.cuda.get_rng_state(trainer.device) if cuda else None,
                 "augment": None if trainer.augment.generator is None else trainer.augment.generator.get_state()},
         "schedule": trainer.schedule.state_dict(), "lr": trainer.lr,
+        "predictions": {split: torch.stack(rows) if rows else None for split, rows in trainer.predictions.items()},
     }
 
 
@@ -84,7 +85,8 @@ def _checked_parts(ck: Any, trainer: Trainer, fingerprint: str) -> dict:
         raise CheckpointError(f"it has format {ck.get('format')}, this version reads format {FORMAT}")
     if ck.get("fingerprint") != fingerprint:
         raise CheckpointError("it was written by other settings or data")
-    missing = sorted({"epoch", "steps_done", "history", "model", "optimizer", "rng", "schedule", "lr"} - set(ck))
+    missing = sorted({"epoch", "steps_done", "history", "model", "optimizer", "rng", "schedule", "lr",
+                      "predictions"} - set(ck))
     if missing:
         raise CheckpointError(f"it has no {', '.join(missing)}")
     model = _checked_model(ck["model"], trainer.model)
@@ -95,6 +97,7 @@ def _checked_parts(ck: Any, trainer: Trainer, fingerprint: str) -> dict:
         "rng": _checked_rng(ck["rng"], trainer),
         "history": history_part,
         "schedule": _checked_schedule(ck, trainer, history_part["records"]),
+        "predictions": _checked_predictions(ck["predictions"], trainer, len(history_part["records"])),
     }
 
 
@@ -200,6 +203,30 @@ def _checked_schedule(ck: dict, trainer: Trainer, records: list[dict]) -> LrSche
     return schedule
 
 
+def _checked_predictions(saved: Any, trainer: Trainer, epochs: int) -> dict[str, list[torch.Tensor]]:
+    """The predicted classes of each epoch so far: uint8, one row per epoch and image of the split,
+    each a class of the model's outputs; validation rows exactly when the run validates."""
+    if not isinstance(saved, dict) or set(saved) != {"test", "val"}:
+        raise CheckpointError("its predictions are not a record of 'test' and 'val'")
+    rows = {}
+    for split, labels in (("test", trainer.test_y), ("val", trainer.val_y if trainer.validating else None)):
+        value = saved[split]
+        if labels is None:
+            if value is not None:
+                raise CheckpointError(f"its predictions hold '{split}' rows, but this run has no validation images")
+            rows[split] = []
+            continue
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8 or value.shape != (epochs, len(labels)):
+            found = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise CheckpointError(f"its predictions of '{split}' should be uint8 ({epochs} epochs, {len(labels)} "
+                                  f"images), found {found}")
+        if len(value) and int(value.max()) >= trainer.s.num_classes:
+            raise CheckpointError(f"its predictions of '{split}' hold class {int(value.max())}, beyond the model's "
+                                  f"{trainer.s.num_classes} outputs")
+        rows[split] = list(value.clone())
+    return rows
+
+
 def _apply(parts: dict, trainer: Trainer) -> None:
     """Move the checked parts into ``trainer``; nothing here can fail on a checked checkpoint."""
     trainer.model.load_state_dict(parts["model"].state_dict())
@@ -215,3 +242,4 @@ def _apply(parts: dict, trainer: Trainer) -> None:
     trainer.steps_done = parts["history"]["steps_done"]
     trainer.schedule = parts["schedule"]
     trainer.set_lr(trainer.history[-1]["lr"])
+    trainer.predictions = parts["predictions"]

@@ -126,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("png")
     p.add_argument("--title", default="Test accuracy on CIFAR-10")
 
+    for name, what in (("classes", "test accuracy per class and epoch (CSV) and its figure"),
+                       ("confusion", "confusion counts at the peak and the last epoch (CSV) and the matrices")):
+        p = sub.add_parser(name, help=f"a run folder's record of predictions -> {what} (PNG and SVG)")
+        p.add_argument("run", help="the run's folder (history.jsonl and predictions.npz, as the training wrote them)")
+        p.add_argument("--data", required=True, help="the npz the run was trained on (for the labels)")
+        p.add_argument("--csv", required=True, help="the table to write")
+        p.add_argument("--png", required=True, help="the figure's PNG path (the SVG goes beside it)")
+        p.add_argument("--title", help="the figure's title (default: the run folder's name)")
+
     p = sub.add_parser("summary", help="every run's metrics -> summary.csv, summary.md, replicates.csv, settings.csv")
     add_runs_options(p, "folder for the four tables")
     p = sub.add_parser("compare", help="every run against the reported curve (PNG and SVG)")
@@ -154,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
             stages.run_metrics(args.history, args.csv, args.facts)
         elif args.command == "plot":
             stages.run_figure(args.csv, args.facts, args.png, title=args.title)
+        elif args.command in ("classes", "confusion"):
+            build = stages.class_results if args.command == "classes" else stages.confusion_results
+            run = Path(args.run)
+            build(run / "history.jsonl", run / "predictions.npz", args.data, args.csv, args.png,
+                  title=args.title or run.resolve().name)
         elif args.command in ("summary", "compare", "replicates", "sweep"):
             runs, facts, csvs, swept, reference = runs_from(args)
             out = Path(args.out)

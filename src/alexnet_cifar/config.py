@@ -329,6 +329,7 @@ def resolve_run(config: Mapping[str, Any], run: str) -> RunSettings:
 #: name: two rules would claim one file.
 WORKFLOW_FILES = (
     "metrics/summary.csv", "metrics/summary.md", "metrics/replicates.csv", "metrics/settings.csv",
+    "metrics/classes_by_setting.csv",
     "figures/comparison.png", "figures/comparison.svg", "figures/replicates.png", "figures/replicates.svg",
     "figures/sweep.png", "figures/sweep.svg",
 )

@@ -303,6 +303,30 @@ def validation_split(labels: np.ndarray, count: int) -> tuple[np.ndarray, np.nda
     return np.flatnonzero(keep), held.astype(np.int64)
 
 
+def load_labels(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(training labels, test labels) of what :func:`prepare` wrote, checked as :func:`load_npz`
+    checks them, without reading the images (for what needs only the labels)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: run the prepare step first")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [key for key in ("train_labels", "test_labels") if key not in npz.files]
+            if missing:
+                raise DataError(f"{path} has no array {missing[0]!r} (found {sorted(npz.files)}): {_REPREPARE}")
+            labels = npz["train_labels"], npz["test_labels"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path} is not a readable .npz ({e}): {_REPREPARE}") from e
+    for split, values in zip(("train", "test"), labels, strict=True):
+        if values.ndim != 1 or values.dtype.kind not in "iu" or len(values) == 0:
+            raise DataError(f"{path}: {split}_labels should be integers of shape (N,), N >= 1, found {values.dtype} "
+                            f"of shape {values.shape}: {_REPREPARE}")
+        problem = _label_problem(values)
+        if problem:
+            raise DataError(f"{path}: {split}_labels {problem}: {_REPREPARE}")
+    return labels[0].astype(np.int64), labels[1].astype(np.int64)
+
+
 def _check_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Check one split of the prepared file; return its labels as int64."""
     def fail(problem: str) -> DataError:

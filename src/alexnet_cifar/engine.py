@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, history, recipes
+from . import checkpoint, classes, history, recipes
 from .atomic import atomic_path
 from .config import RunSettings, SettingsError
 from .data import validation_split
@@ -186,6 +186,8 @@ class Trainer:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.use_graph = device.type == "cuda" and settings.cuda_graph
         self.history: list[dict] = []
+        #: each evaluated epoch's predicted classes (uint8 on the CPU): "test", and "val" with validation
+        self.predictions: dict[str, list[torch.Tensor]] = {"test": [], "val": []}
         self.steps_done = 0  # optimizer steps so far, over all epochs
         self.warmup_left = 3  # eager steps before capturing the CUDA graph
 
@@ -356,8 +358,9 @@ def fit(settings: RunSettings, data, out_dir: str | os.PathLike, device: torch.d
         data_md5: str, log: Callable[[str], None] = print, stop: StopFlag | None = None,
         poll_every: int = 1000, progress: Callable[[int, int], None] | None = None,
         on_epoch: Callable[[list[dict]], None] | None = None) -> tuple[list[dict], int]:
-    """Train one run into ``out_dir``: ``history.jsonl`` and ``model.pt`` at the end, a checkpoint
-    after every epoch (removed once the outputs exist). Resumes from a matching checkpoint.
+    """Train one run into ``out_dir``: ``history.jsonl``, ``predictions.npz`` and ``model.pt`` at the
+    end, a checkpoint after every epoch (removed once the outputs exist). Resumes from a matching
+    checkpoint.
     ``on_epoch`` sees the history after every epoch. Returns the history and the number of epochs
     taken over from the checkpoint."""
     out_dir = Path(out_dir)
@@ -378,6 +381,9 @@ def fit(settings: RunSettings, data, out_dir: str | os.PathLike, device: torch.d
         val = trainer.evaluate("val") if trainer.validating else None
         if bad_step is None and not math.isfinite(test.loss):
             bad_step = trainer.steps_done  # every loss was finite, but the last updates were not
+        for split, result in (("test", test), ("val", val)):
+            if result is not None:  # the classes behind the epoch's accuracy, for per-class results
+                trainer.predictions[split].append(result.predicted.to("cpu", torch.uint8))
         records.append({
             "epoch": epoch, "train_loss": _finite_or_none(train_loss), "train_acc": train_acc,
             "test_loss": _finite_or_none(test.loss), "test_acc": test.acc,
@@ -396,6 +402,9 @@ def fit(settings: RunSettings, data, out_dir: str | os.PathLike, device: torch.d
     with atomic_path(out_dir / MODEL_FILE) as tmp:
         torch.save({"model": settings.model, "num_classes": settings.num_classes,
                     "settings": settings.result_params(), "state_dict": trainer.model.state_dict()}, tmp)
+    record = {split: torch.stack(rows).numpy() for split, rows in trainer.predictions.items() if rows}
+    classes.write_predictions(out_dir / classes.PREDICTIONS_FILE, record["test"], record.get("val"),
+                              trainer.val_index)
     history.write_history(out_dir / history.HISTORY_FILE, records)
     checkpoint_path.unlink(missing_ok=True)
     return records, resumed_from

@@ -1,6 +1,7 @@
 """The figures: one run's test-accuracy curve with its peak marked, all runs against the
-reported curve, each setting's seeds as a mean with a min-max band, and peak accuracy against the
-swept keys. Each is saved in every format asked for (PNG to look at, SVG for the report)."""
+reported curve, each setting's seeds as a mean with a min-max band, peak accuracy against the
+swept keys, and per run each class's accuracy and the confusion matrices. Each is saved in every
+format asked for (PNG to look at, SVG for the report, its text kept as text)."""
 from __future__ import annotations
 
 import math
@@ -11,13 +12,16 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window: runs on clusters and in CI
+matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text stays text (searchable), not glyph outlines
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
 from .config import value_label  # noqa: E402
+from .data import CLASSES  # noqa: E402
 
 
 def save(fig, paths) -> None:
@@ -198,3 +202,57 @@ def sweep_figure(outcomes: pd.DataFrame, settings: pd.DataFrame, swept_keys: lis
 def plot_sweep(outcomes: pd.DataFrame, settings: pd.DataFrame, swept_keys: list[str], paths) -> None:
     """:func:`sweep_figure`, saved to ``paths``."""
     save(sweep_figure(outcomes, settings, swept_keys), paths)
+
+
+def plot_classes(table: pd.DataFrame, peak_epoch: int | None, paths, *, title: str) -> None:
+    """Each class's test accuracy per epoch (``table``: epoch, class, accuracy), the run's peak epoch
+    marked; in the legend the classes that lose most between the peak and the last epoch come
+    first, each with its change (in class order for a run without a peak, or whose peak is its
+    last epoch)."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    at = table.set_index(["epoch", "class"])["accuracy"].astype(float)
+    last = int(table["epoch"].max())
+    change = {name: at.get((last, name)) - at.get((peak_epoch, name)) for name in CLASSES} \
+        if peak_epoch and peak_epoch != last else {}  # nothing lost when the peak is the last epoch
+    # most lost first; a class without test images (no change to measure) last
+    order = sorted(CLASSES, key=lambda name: (math.isnan(change[name]), change[name])) if change else list(CLASSES)
+    colors = plt.get_cmap("tab10").colors
+    for name in order:
+        curve = table[table["class"] == name]
+        label = name if name not in change or math.isnan(change[name]) else \
+            f"{name} ({change[name]:+.1f} points from epoch {peak_epoch} to {last})"
+        ax.plot(curve["epoch"], curve["accuracy"], marker="o", markersize=2, color=colors[CLASSES.index(name)],
+                label=label)
+    if peak_epoch is not None:
+        ax.axvline(peak_epoch, color="black", linestyle=":", label=f"the run's peak test accuracy: epoch {peak_epoch}")
+    ax.set_ylabel("Test accuracy of the class (%)")
+    ax.set_ylim(0, 100)
+    ax.set_xlim(0.5, max(last, 1) + 0.5)
+    _epoch_axis(ax)
+    ax.set_title("\n".join(textwrap.wrap(f"Per class: {title}", 90)), fontsize=10)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    save(fig, paths)
+
+
+def plot_confusion(blocks: list[tuple[str, int, np.ndarray]], paths, *, title: str) -> None:
+    """The confusion matrices ``blocks`` ((which, epoch, counts true x predicted), the peak's and
+    the last epoch's) side by side: each row in percent of its class's test images, each cell's
+    percent written in it, the class names on both axes."""
+    fig, axes = plt.subplots(1, len(blocks), figsize=(6.2 * len(blocks), 5.6), squeeze=False)
+    for ax, (which, epoch, counts) in zip(axes[0], blocks, strict=True):
+        totals = counts.sum(axis=1, keepdims=True)
+        percent = np.divide(100.0 * counts, totals, out=np.full(counts.shape, np.nan), where=totals > 0)
+        ax.imshow(percent, cmap="Blues", vmin=0, vmax=100)
+        for (t, p), value in np.ndenumerate(percent):
+            text = "–" if np.isnan(value) else f"{value:.0f}"
+            ax.text(p, t, text, ha="center", va="center", fontsize=7,
+                    color="white" if not np.isnan(value) and value > 60 else "black")
+        ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(CLASSES)), CLASSES, fontsize=8)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class (row: % of its test images)")
+        correct = 100.0 * np.trace(counts) / counts.sum()
+        ax.set_title(f"{'peak' if which == 'peak' else 'last'} epoch {epoch}: {correct:.2f} % correct", fontsize=10)
+    fig.suptitle("\n".join(textwrap.wrap(f"Confusion: {title}", 110)), fontsize=10)
+    fig.tight_layout()
+    save(fig, paths)

@@ -70,7 +70,8 @@ def _settings_in_order(table: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(table["setting"]))
 
 
-def _diverged_epoch(facts: Mapping) -> int | None:
+def diverged_epoch(facts: Mapping) -> int | None:
+    """The epoch a run's facts say it diverged in, or None."""
     epoch = facts.get("diverged_at_epoch")
     return None if epoch is None or (isinstance(epoch, float) and math.isnan(epoch)) else int(epoch)
 
@@ -83,7 +84,7 @@ def completed_epochs(curve: pd.DataFrame, diverged_at_epoch: int | None) -> pd.D
 def epoch_accuracies(table: pd.DataFrame, curves: Mapping[str, pd.DataFrame],
                      facts: Mapping[str, Mapping]) -> pd.DataFrame:
     """Long table of the test accuracies that count: run, setting, model, epoch, test_acc."""
-    parts = [completed_epochs(curves[row.run], _diverged_epoch(facts[row.run]))[["epoch", "test_acc"]]
+    parts = [completed_epochs(curves[row.run], diverged_epoch(facts[row.run]))[["epoch", "test_acc"]]
              .assign(run=row.run, setting=row.setting, model=row.model)
              for row in table.itertuples(index=False)]
     columns = ["run", "setting", "model", "epoch", "test_acc"]
@@ -113,7 +114,7 @@ def run_outcomes(table: pd.DataFrame, facts: Mapping[str, Mapping]) -> pd.DataFr
     without validation), final_test_acc, diverged_at_epoch (``<NA>`` when it did not) and
     diverged (bool)."""
     runs = list(table["run"])
-    diverged_at = pd.array([_diverged_epoch(facts[run]) for run in runs], dtype="Int64")
+    diverged_at = pd.array([diverged_epoch(facts[run]) for run in runs], dtype="Int64")
     return table.assign(peak_test_acc=pd.array([facts[run]["peak_test_acc"] for run in runs], dtype="Float64"),
                         peak_epoch=pd.array([facts[run]["peak_epoch"] for run in runs], dtype="Int64"),
                         test_at_best_val=pd.array([facts[run].get("test_at_best_val") for run in runs],

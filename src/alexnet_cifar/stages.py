@@ -221,3 +221,53 @@ def comparison_figure(csv_paths: Mapping[str, str], facts_paths: Mapping[str, st
     facts, curves = _read_runs(csv_paths, facts_paths, csv_paths)
     plots.plot_comparison(curves, facts, metrics.read_reference(reference), plots.figure_paths(png))
 
+
+
+def _class_record(history_path, predictions_path, data_path):
+    """(history, test labels, checked predictions) of one run: the inputs of its per-class results."""
+    from . import classes, data
+    from . import history as histories
+
+    history = histories.read_history(history_path)
+    train_labels, test_labels = data.load_labels(data_path)
+    predictions = classes.read_predictions(predictions_path, len(history), len(test_labels),
+                                           validated=history[0]["val_acc"] is not None, train_images=len(train_labels))
+    return history, test_labels, predictions
+
+
+def class_results(history_path, predictions_path, data_path, csv_path, png, *, title: str) -> None:
+    """One run's test accuracy per class and epoch (CSV) and its figure (PNG and SVG), from the
+    record of its predictions."""
+    from . import classes, metrics, plots
+
+    history, labels, predictions = _class_record(history_path, predictions_path, data_path)
+    table = classes.class_table(predictions["test"], labels)
+    metrics.write_csv(table, csv_path)
+    plots.plot_classes(table, metrics.run_facts(history)["peak_epoch"], plots.figure_paths(png), title=title)
+    log.info(f"wrote {csv_path} and its figure: {len(history)} epochs x {len(table) // len(history)} classes")
+
+
+def confusion_results(history_path, predictions_path, data_path, csv_path, png, *, title: str) -> None:
+    """One run's confusion counts at its peak and its last epoch (CSV, long form) and the two
+    matrices side by side (PNG and SVG), from the record of its predictions."""
+    from . import classes, metrics, plots
+
+    history, labels, predictions = _class_record(history_path, predictions_path, data_path)
+    table = classes.confusion_table(predictions["test"], labels, metrics.run_facts(history)["peak_epoch"])
+    metrics.write_csv(table, csv_path)
+    blocks = [(which, *classes.confusion_matrix(table, which)) for which in dict.fromkeys(table["which"])]
+    plots.plot_confusion(blocks, plots.figure_paths(png), title=title)
+    log.info(f"wrote {csv_path} and its figure: {', '.join(f'{w} epoch {e}' for w, e, _ in blocks)}")
+
+
+def class_settings(runs: Mapping[str, Mapping], class_paths: Mapping[str, str], facts_paths: Mapping[str, str],
+                   out_csv) -> None:
+    """Per setting, epoch and class: the mean and sample sd of the class's test accuracy over the
+    setting's seeds (``runs``: the run table, as for :func:`summary`)."""
+    from . import classes, metrics, replicates
+
+    table = replicates.run_table(runs, swept_keys=None)
+    facts, tables = _read_runs(runs, facts_paths, class_paths)
+    stats = classes.class_settings(table, tables, facts)
+    metrics.write_csv(stats, out_csv)
+    log.info(f"wrote {out_csv}: {stats['setting'].nunique() if len(stats) else 0} setting(s)")

@@ -55,9 +55,18 @@ def outputs_of_every_run(pattern):
 
 def all_targets():
     """Every output of every rule: a deleted file is rebuilt by a plain ``snakemake``."""
-    per_run = ["runs/{run}/history.jsonl", "runs/{run}/model.pt", "runs/{run}/run.json", "figures/{run}.png"]
+    per_run = [
+        "runs/{run}/history.jsonl",
+        "runs/{run}/model.pt",
+        "runs/{run}/run.json",
+        "runs/{run}/predictions.npz",
+        "figures/{run}.png",
+        "figures/classes/{run}.png",
+        "figures/confusion/{run}.png",
+    ]
     targets = [path for pattern in per_run for path in outputs_of_every_run(f"{{outdir}}/{pattern}")]
     own = ["metrics/summary.csv", "metrics/summary.md", "metrics/replicates.csv", "metrics/settings.csv"]
+    own += ["metrics/classes_by_setting.csv"]
     own += ["figures/comparison.png", "figures/replicates.png", *(["figures/sweep.png"] if SWEPT_KEYS else [])]
     targets += [workflow_file(path) for path in own]
     return targets

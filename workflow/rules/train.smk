@@ -9,6 +9,7 @@ rule train:
         history=f"{OUTDIR}/runs/{{run}}/history.jsonl",
         model=f"{OUTDIR}/runs/{{run}}/model.pt",
         provenance=f"{OUTDIR}/runs/{{run}}/run.json",
+        predictions=f"{OUTDIR}/runs/{{run}}/predictions.npz",
     log:
         f"{OUTDIR}/logs/train/{{run}}.log",
     benchmark:
