@@ -112,11 +112,12 @@ def http_server(tmp_path_factory):
     thread.join(timeout=5)
 
 
-#: The longest files first (about 4.5, 4, 4 and 2 minutes on 2 cores, beside the other worker):
+#: The longest files first (about 3, 3, 3, 2 and 2 minutes on 2 cores, beside the other worker):
 #: under pytest-xdist with --dist loadfile (``make test``) each file goes to one worker, and this
-#: order lets the two workers finish together; the SLURM tests, which mostly wait for the
-#: scheduler, overlap a file that computes.
-LONGEST_FIRST = ("test_gpu_script.py", "test_workflow.py", "test_slurm.py", "test_engine.py", "test_packaging.py")
+#: order lets the two workers finish together. The SLURM tests, which mostly wait for the
+#: scheduler, start at once on one worker, beside the first workflow file on the other.
+LONGEST_FIRST = ("test_workflow.py", "test_slurm.py", "test_gpu_script.py", "test_workflow_seeds.py", "test_engine.py",
+                 "test_packaging.py")
 
 
 def pytest_collection_modifyitems(items) -> None:

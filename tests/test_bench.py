@@ -22,18 +22,19 @@ def tiny_npz(tmp_path_factory):
     return path
 
 
-def test_bench_cli_writes_csv_and_markdown(tiny_npz, tmp_path, capsys):
+def test_bench_cli_writes_csv_and_markdown(tiny_npz, tmp_path, capsys, tiny):
+    """Two models (the stand-in AlexNet keeps the second one cheap), the plain loop and the engine."""
     parser = argparse.ArgumentParser()
     bench.add_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "out"
-    args = parser.parse_args(["bench", "--data", str(tiny_npz), "--models", "paper,torchvision",
+    args = parser.parse_args(["bench", "--data", str(tiny_npz), "--models", f"{tiny},torchvision",
                               "--steps", "1", "--warmup", "0", "--device", "cpu", "--out", str(out)])
     bench.main(args)
 
     frame = pd.read_csv(out / "bench.csv")
     assert list(frame.columns) == bench.COLUMNS
     assert sorted(zip(frame["model"], frame["loop"], strict=True)) == [
-        ("paper", "engine"), ("paper", "plain"), ("torchvision", "engine"), ("torchvision", "plain")]
+        (tiny, "engine"), (tiny, "plain"), ("torchvision", "engine"), ("torchvision", "plain")]
     for _, row in frame.iterrows():
         assert math.isfinite(row["ms_per_step"]) and row["ms_per_step"] > 0
         assert row["images_per_s"] == pytest.approx(4000 / row["ms_per_step"])
@@ -42,18 +43,19 @@ def test_bench_cli_writes_csv_and_markdown(tiny_npz, tmp_path, capsys):
         assert math.isnan(row["peak_mem_mb"])  # no CUDA memory on the CPU
     markdown = (out / "bench.md").read_text()
     assert markdown.startswith("| " + " | ".join(bench.COLUMNS) + " |")
-    for model in ("paper", "torchvision"):
+    for model in (tiny, "torchvision"):
         assert model in markdown
     assert "Speedup over plain" in markdown and "1 timed steps" in markdown
     assert markdown in capsys.readouterr().out
     assert not (out / "profile.csv").exists()  # only with --profile
 
 
-def test_bench_profile_lists_the_step_s_operators(tiny_npz, tmp_path):
-    bench.run_bench(tiny_npz, ["paper"], 1, "cpu", tmp_path, warmup=0, loops=["engine"], profile_steps=2)
+def test_bench_profile_lists_the_step_s_operators(tiny_npz, tmp_path, tiny):
+    """On the stand-in AlexNet: its 5 convolutions and 16 parameter tensors, as AlexNet's."""
+    bench.run_bench(tiny_npz, [tiny], 1, "cpu", tmp_path, warmup=0, loops=["engine"], profile_steps=2)
     profile = pd.read_csv(tmp_path / "profile.csv")
     assert list(profile.columns) == bench.PROFILE_COLUMNS
-    assert set(profile["model"]) == {"paper"}
+    assert set(profile["model"]) == {tiny}
     assert profile["us_per_step"].is_monotonic_decreasing and (profile["us_per_step"] > 0).all()
     assert profile["share_pct"].sum() == pytest.approx(100)
     # Every step runs the 5 convolutions forward and one multi-tensor SGD update (the default):
@@ -62,7 +64,7 @@ def test_bench_profile_lists_the_step_s_operators(tiny_npz, tmp_path):
     assert kernels["aten::convolution"] == 5 and kernels["aten::_foreach_add_"] == 2
     assert "aten::_fused_sgd_" not in kernels
     markdown = (tmp_path / "bench.md").read_text()
-    assert "paper:" in markdown and "ms of device time per eager step" in markdown
+    assert f"{tiny}:" in markdown and "ms of device time per eager step" in markdown
 
 
 def test_bench_refuses_unknown_names_before_running(tiny_npz, tmp_path):

@@ -152,24 +152,15 @@ def test_report_holds_every_figure_and_the_summary_with_captions(finished):
 
 
 @pytest.mark.slow
-def test_one_deleted_figure_reruns_only_its_rule(finished):
+@pytest.mark.parametrize(("figure", "rule"), [("figures/paper.png", "run_figure"),
+                                              ("figures/confusion/torchvision.png", "confusion")])
+def test_one_deleted_figure_reruns_only_its_rule(finished, figure, rule):
     workdir, out, _ = finished
-    (out / "figures/paper.png").unlink()
-    plan = snakemake(workdir, "results/figures/paper.png", "-n")
-    assert planned_jobs(plan.stdout) == {"run_figure": 1}
-    snakemake(workdir, "results/figures/paper.png")
-    assert (out / "figures/paper.png").read_bytes()[:8] == PNG_MAGIC
-
-
-@pytest.mark.slow
-def test_one_deleted_confusion_figure_reruns_only_its_rule(finished):
-    workdir, out, _ = finished
-    (out / "figures/confusion/torchvision.png").unlink()
-    plan = snakemake(workdir, "results/figures/confusion/torchvision.png", "-n")
-    assert planned_jobs(plan.stdout) == {"confusion": 1}
-    assert planned_jobs(snakemake(workdir, "-n").stdout) == {"confusion": 1, "all": 1}
-    snakemake(workdir, "results/figures/confusion/torchvision.png")
-    assert (out / "figures/confusion/torchvision.png").read_bytes()[:8] == PNG_MAGIC
+    (out / figure).unlink()
+    assert planned_jobs(snakemake(workdir, f"results/{figure}", "-n").stdout) == {rule: 1}
+    assert planned_jobs(snakemake(workdir, "-n").stdout) == {rule: 1, "all": 1}
+    snakemake(workdir, f"results/{figure}")
+    assert (out / figure).read_bytes()[:8] == PNG_MAGIC
 
 
 @pytest.mark.slow

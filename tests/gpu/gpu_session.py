@@ -62,8 +62,10 @@ PARTS = (1, 2, 3, 4, 5, 6)
 NEEDS = {1: 90, 2: 120, 3: 180, 4: 150, 5: 60, 6: 240}
 #: part 6: the ladder's recipe runs (config/ladder.yaml), seed 0 of each
 LADDER_RUNS = ("paper-recipe", "paper-recipe-nolrn", "modern-paper", "modern-torchvision")
-#: part 6 in a dry run (--tiny): what 10 training images allow, epochs that end on their own, and no
-#: bf16 (emulated on a CPU without it, ten times slower; part 2 times it)
+#: part 6 in a dry run (--tiny): what 10 training images allow, 3 epochs that end on their own (two
+#: left when the test stops the first run after its first: the signal lands with work to spare; the
+#: cosine warm-up shortened to 1 to fit), and no bf16 (emulated on a CPU without it, ten times
+#: slower; part 2 times it)
 TINY_LADDER = {"batch_size": 4, "validation_images": 2, "epochs": 3, "bf16": False}
 MARGIN_S = 15  # kept free at the end: writing the last files (the tiny dry run needs 5)
 
@@ -188,7 +190,7 @@ class Session:
         bench's files go to the work folder (OUT holds at most 8), its rows into session.json."""
         rows = []
         for run in LADDER_RUNS:
-            s = self.settings(f"{run}-seed0", "ladder.yaml", **(TINY_LADDER if self.args.tiny else {}))
+            s = self.ladder_settings(run)
             loop = "engine+bf16+channels_last" if s.bf16 else "engine"
             recipe = {key: getattr(s, key) for key in bench.SETTINGS if getattr(s, key) != config.DEFAULTS[key]}
             frame = bench.run_bench(self.data(), [s.model], steps, self.args.device, self.work / "ladder-bench" / run,
@@ -197,8 +199,9 @@ class Session:
         return rows
 
     def part3(self, record: dict) -> dict:
-        limit = ["--limit-train", "10", "--limit-test", "4", "--epochs", "1"] if self.args.tiny else \
-            ["--limit-train", "10000", "--epochs", "2"]
+        # a dry run: on the CPU the graph variants run eagerly, so one of them shows the plumbing
+        limit = ["--limit-train", "10", "--limit-test", "4", "--epochs", "1", "--variants", "graph+recipe"] \
+            if self.args.tiny else ["--limit-train", "10000", "--epochs", "2"]
         code = check_graph_vs_eager.main(["--data", str(self.data()), "--models", ",".join(self.models()),
                                           "--device", self.args.device, "--out", str(self.out / "graph_vs_eager.json"),
                                           *limit])
@@ -223,6 +226,14 @@ class Session:
         outcome.pop("history", None)  # in history_paper.json
         return outcome
 
+    def ladder_settings(self, run: str):
+        """Seed 0 of a ladder run (config/ladder.yaml); in a dry run shrunk to :data:`TINY_LADDER`."""
+        settings = self.settings(f"{run}-seed0", "ladder.yaml")
+        if not self.args.tiny:
+            return settings
+        return dataclasses.replace(settings, **TINY_LADDER,
+                                   **({"warmup_epochs": 1} if settings.lr_schedule == "cosine" else {}))
+
     def part6(self, record: dict) -> dict:
         npz, runs, histories = self.data(), {}, {}
         record["runs"] = runs
@@ -243,7 +254,7 @@ class Session:
                 runs[run]["status"] = "finished in an earlier call"
                 continue
             share = (self.left() - self.margin) / (len(LADDER_RUNS) - position)
-            settings = self.settings(f"{run}-seed0", "ladder.yaml", **(TINY_LADDER if self.args.tiny else {}))
+            settings = self.ladder_settings(run)
             runs[run].update(share_s=round(share), settings=settings.result_params())
             outcome = self.train(settings, npz, out_dir, on_epoch=saved(run), seconds=share)
             outcome.pop("history", None)  # in history_ladder.json
