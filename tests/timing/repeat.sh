@@ -2,6 +2,8 @@
 # The tests that start, signal or wait for processes (or servers, or ports), run N times in a row,
 # on an idle machine or beside a second `pytest -n 2` of the whole suite (started again whenever
 # it ends); prints one line per round and the failure count. Evidence for docs/cpu/timing-tests.md.
+# Each round runs them as `make test` does (two workers, one file each at a time): the SLURM
+# cluster and the dry GPU session side by side, as in every run of the suite.
 #
 # usage: tests/timing/repeat.sh N idle|loaded        (from the repository root, with .venv made)
 set -uo pipefail
@@ -28,7 +30,7 @@ fi
 failed=0
 for round in $(seq 1 "$rounds"); do
   started=$(date +%s)
-  if "$py" -m pytest -q -p no:cacheprovider "${tests[@]}" >"/tmp/timing-$mode-$round.log" 2>&1; then
+  if "$py" -m pytest -n 2 --dist loadfile -q -p no:cacheprovider "${tests[@]}" >"/tmp/timing-$mode-$round.log" 2>&1; then
     result=passed
   else
     result=FAILED; failed=$((failed + 1))
