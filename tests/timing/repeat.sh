@@ -12,7 +12,9 @@ py=${PYTHON:-.venv/bin/python}
 tests=(
   "tests/test_engine.py::test_an_interrupted_run_resumes_to_the_same_history"  # SIGKILL/SIGTERM mid-epoch
   tests/test_gpu_script.py   # the session stopped by SIGTERM after a saved epoch; the deadline
-  tests/test_slurm.py        # a SLURM cluster on free ports; scancel --signal=TERM mid-training
+  # a SLURM cluster on free ports; scancel --signal=TERM mid-training (the file's other tests wait
+  # only for Snakemake's end, however long, and take minutes more: left out)
+  "tests/test_slurm.py::test_interrupted_training_resumes_from_its_checkpoint"
   tests/test_devices.py      # GPU claims held by other processes; the claim's wait
   "tests/test_data.py::test_download_404_fails_at_once" "tests/test_data.py::test_download_connection_refused"
   "tests/test_data.py::test_download_timeout" "tests/test_data.py::test_download_flaky_server_succeeds_on_retry"
