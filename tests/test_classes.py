@@ -156,7 +156,9 @@ DAMAGED = {
                        "found uint8 of shape (3, 29)"),
     "a class outside 0-9": (lambda p, r: _save(p, test=np.where(np.arange(30) == 4, 12, r["test"]).astype(np.uint8),
                                                val=r["val"], val_index=r["val_index"]),
-                            "'test' should hold classes 0-9, found 12 (epoch 1, image 4; 3 such)"),
+                            "'test' should hold classes 0-9, found 12 (epoch 1, image 4; 3 such); either the file "
+                            "is damaged (the training writes this file: delete the run's outputs and rerun its "
+                            "training), or the run has num_classes above 10"),
     "floats": (lambda p, r: _save(p, test=r["test"].astype(float), val=r["val"], val_index=r["val_index"]),
                "'test' should be integer classes"),
     "a repeated validation index": (lambda p, r: _save(p, test=r["test"], val=r["val"],

@@ -85,8 +85,13 @@ def read_predictions(path: str | os.PathLike, epochs: int, test_images: int, *, 
         outside = (values < 0) | (values >= len(CLASSES))
         if outside.any():
             epoch, image = np.argwhere(outside)[0]
-            raise fail(f"'{key}' should hold classes 0-{len(CLASSES) - 1}, found {values[epoch, image]} "
-                       f"(epoch {epoch + 1}, image {image}; {int(outside.sum())} such)")
+            # A run with num_classes above 10 may truly predict such an output: per-class results
+            # are defined over CIFAR-10's classes only, so the message names that case too.
+            raise PredictionsError(
+                f"{path}: '{key}' should hold classes 0-{len(CLASSES) - 1}, found {values[epoch, image]} (epoch "
+                f"{epoch + 1}, image {image}; {int(outside.sum())} such); either the file is damaged ({_FIX}), "
+                f"or the run has num_classes above {len(CLASSES)} and predicted an output that is no CIFAR-10 "
+                f"class: per-class results need num_classes {len(CLASSES)}")
     return {key: arrays[key] for key in wanted}
 
 
