@@ -164,9 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "plot":
             stages.run_figure(args.csv, args.facts, args.png, title=args.title)
         elif args.command in ("classes", "confusion"):
+            from .classes import PREDICTIONS_FILE
+            from .history import HISTORY_FILE
+
             build = stages.class_results if args.command == "classes" else stages.confusion_results
             run = Path(args.run)
-            build(run / "history.jsonl", run / "predictions.npz", args.data, args.csv, args.png,
+            build(run / HISTORY_FILE, run / PREDICTIONS_FILE, args.data, args.csv, args.png,
                   title=args.title or run.resolve().name)
         elif args.command in ("summary", "compare", "replicates", "sweep"):
             runs, facts, csvs, swept, reference = runs_from(args)

@@ -222,7 +222,6 @@ def comparison_figure(csv_paths: Mapping[str, str], facts_paths: Mapping[str, st
     plots.plot_comparison(curves, facts, metrics.read_reference(reference), plots.figure_paths(png))
 
 
-
 def _class_record(history_path, predictions_path, data_path):
     """(history, test labels, checked predictions) of one run: the inputs of its per-class results."""
     from . import classes, data
