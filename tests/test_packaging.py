@@ -13,6 +13,7 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import tiny_model
 import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -89,7 +90,7 @@ def test_the_wheel_installed_outside_the_repository_prepares_trains_and_derives_
                            cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout
     assert where.startswith(str(site)), where  # the installed copy, not this checkout's src/
     cli("prepare", str(tiny_archive[0]), "data.npz", "--limit-train", "4", "--limit-test", "4")
-    cli("train", "--data", "data.npz", "--model", "torchvision", "--out", "run", "--epochs", "1", "--device", "cpu",
+    cli("train", "--data", "data.npz", "--model", tiny_model.NAME, "--out", "run", "--epochs", "1", "--device", "cpu",
         "--eval-batch-size", "4", "--threads", "2", "--lr", "1e-3")  # options made from the packaged schema
     cli("metrics", "run/history.jsonl", "run.csv", "run.facts.json")
     assert json.loads((elsewhere / "run.facts.json").read_text())["epochs"] == 1

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+import tiny_model
 import yaml
 from cifar_archive import build_archive
 from slurm_cluster import SlurmCluster, unavailable_reason
@@ -32,6 +33,9 @@ PARTITION = "gpu"  # not the cluster's default partition: shows SBATCH_PARTITION
 ACCOUNT = "lab1"  # this cluster records any account name (the dry-run test shows the forwarding)
 # A few images, so that a CPU epoch takes seconds (each SLURM job also starts Snakemake twice).
 DATASET_LIMITS = {"limit_train": 8, "limit_test": 8}
+#: Two runs of the stand-in AlexNet (the scheduling is the point here, not the network): two
+#: trainings that SLURM runs at the same time, one per GPU, with other numbers (another seed).
+RUNS = {"first": {"model": tiny_model.NAME}, "second": {"model": tiny_model.NAME, "seed": 1}}
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 RULE_HEADER = re.compile(r"^(localrule|rule) (\w+):$", re.M)
 
@@ -65,6 +69,8 @@ def make_workdir(path: Path, shared: dict, *, train: dict, datadir: Path | None 
     """A Snakemake working directory with the repo's config/ and a test config; returns the config path."""
     path.mkdir(parents=True, exist_ok=True)
     shutil.copytree(REPO / "config", path / "config")
+    defaults = yaml.safe_load((path / "config" / "config.yaml").read_text())
+    (path / "config" / "config.yaml").write_text(yaml.safe_dump({**defaults, "runs": RUNS}, sort_keys=False))
     config = {
         "outdir": str(path / "out"),
         "datadir": str(datadir or path / "data"),
@@ -89,9 +95,9 @@ def slurm_args(workdir: Path, configfile: Path, *targets: str, account: bool = F
             # slurmctld records any account name it is given):
             "--slurm-status-command", "squeue", *([] if account else ["--slurm-no-account"]),
             # Only to keep the test short: the plugin's first status check comes after 40 s by
-            # default, and each check without news waits 10 s longer than the last (here at 6, 22,
-            # 48 s, ...; a job here takes 10-20 s, mostly starting Snakemake twice).
-            "--slurm-init-seconds-before-status-checks", "6",
+            # default, and each check without news waits 10 s longer than the last (here at 1, 12,
+            # 33 s, ...; a job here takes about 10 s, mostly starting Snakemake twice).
+            "--slurm-init-seconds-before-status-checks", "1",
             # Evidence: keep every job's SLURM log (by default deleted when the job succeeds).
             "--slurm-keep-successful-logs"]
 
@@ -148,6 +154,21 @@ def tres(record: dict) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------ tests
 
+def test_a_missing_slurm_is_a_skip_that_says_how_to_install_it_not_an_install(monkeypatch):
+    import slurm_cluster
+
+    def no_install(*args, **kwargs):
+        raise AssertionError(f"the tests install nothing (.ci/run does): {args}")
+
+    monkeypatch.setattr(slurm_cluster, "_missing_tools", lambda: ["slurmd", "sbatch"])
+    monkeypatch.setattr(slurm_cluster.subprocess, "run", no_install)
+    monkeypatch.setattr(slurm_cluster.subprocess, "Popen", no_install)
+    monkeypatch.setattr(slurm_cluster.os, "geteuid", lambda: 0)
+    reason = slurm_cluster.unavailable_reason()
+    assert reason == ("SLURM is not installed (missing slurmd, sbatch); install it with `bash .ci/slurm.sh` as root "
+                      "(apt-get install slurm-wlm munge)")
+
+
 def test_profile_asks_for_the_right_resources(shared, tmp_path):
     """Without a cluster: what the profile makes each job ask for (Snakemake's dry run)."""
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
@@ -186,7 +207,7 @@ def test_workflow_runs_through_slurm_and_matches_a_local_run(cluster, shared, tm
     # the thread count a SLURM training gets (threads: 2, --cpus-per-task=2), since CPU results in
     # PyTorch differ between thread counts. Its profile is profiles/default, as for a user.
     local_cores = min(2, os.cpu_count() or 1)
-    local_targets = [f"{local_dir}/out/metrics/{run}.csv" for run in ("paper", "torchvision")]
+    local_targets = [f"{local_dir}/out/metrics/{run}.csv" for run in RUNS]
     local_log = tmp_path / "local.log"
     local = start([*snakemake_args(local_dir, local_config, *local_targets), "--cores", str(local_cores)],
                   cluster.env, local_log)
@@ -207,8 +228,8 @@ def test_workflow_runs_through_slurm_and_matches_a_local_run(cluster, shared, tm
     print(f"SLURM run: {slurm_seconds:.0f} s")
 
     out = slurm_dir / "out"
-    for name in ("metrics/summary.csv", "metrics/summary.md", "figures/comparison.png", "figures/paper.png",
-                 "figures/torchvision.png"):
+    for name in ("metrics/summary.csv", "metrics/summary.md", "figures/comparison.png", "figures/first.png",
+                 "figures/second.png"):
         assert (out / name).stat().st_size > 0, name
 
     # Which rules ran where, by Snakemake's log: "localrule x:" runs here, "rule x:" is submitted.
@@ -252,7 +273,7 @@ def test_workflow_runs_through_slurm_and_matches_a_local_run(cluster, shared, tm
     assert {cluster.show_job(jobid)["NodeList"] for jobid in jobs["train"]} == {cluster.node}
 
     # Same numbers as the local run: CPU training is deterministic for one thread count.
-    for run in ("paper", "torchvision"):
+    for run in RUNS:
         slurm_run = json.loads((out / "runs" / run / "run.json").read_text())
         local_run = json.loads((local_dir / "out" / "runs" / run / "run.json").read_text())
         assert slurm_run["device"] == "cpu"
@@ -271,12 +292,13 @@ def test_interrupted_training_resumes_from_its_checkpoint(cluster, shared, tmp_p
     job fails, keeping the checkpoint of the last completed epoch; the profile's ``retries``
     submits it again and the new job resumes from that epoch."""
     workdir = tmp_path / "resume"
-    # Epochs of a second or two here. The sign the test waits for is the checkpoint of epoch 1; the
-    # signal (two client calls and slurmctld's delivery away) must come while epochs are left, so
-    # eleven are: many times what that takes, on an idle machine as under load.
-    epochs = 12
+    # Epochs of the stand-in take 30-300 ms (idle to loaded machine). The sign the test waits for is
+    # the checkpoint of epoch 1; the signal (two client calls and slurmctld's delivery away, a few
+    # tenths of a second) must come while epochs are left, so 59 are: several times what that takes,
+    # on an idle machine as under load. Not many more: the retry trains them all again.
+    epochs = 60
     configfile = make_workdir(workdir, shared, train={"epochs": epochs}, datadir=shared["datadir"])
-    run_dir = workdir / "out" / "runs" / "torchvision"
+    run_dir = workdir / "out" / "runs" / "second"
     checkpoint = run_dir / "checkpoint.pt"
     log = tmp_path / "resume.log"
     started = time.monotonic()
@@ -311,7 +333,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(cluster, shared, tmp_p
     first_log = next((workdir / ".snakemake" / "slurm_logs").glob(f"rule_train/**/{interrupted}.log")).read_text()
     assert "stopped by signal SIGTERM" in first_log and "exit status 143" in first_log, first_log[-4000:]
 
-    train_log = (workdir / "out" / "logs" / "train" / "torchvision.log").read_text()
+    train_log = (workdir / "out" / "logs" / "train" / "second.log").read_text()
     resumed = re.search(r"resuming from (\S+) after epoch (\d+)", train_log)
     assert resumed, train_log
     assert Path(resumed.group(1)) == checkpoint
@@ -323,6 +345,6 @@ def test_interrupted_training_resumes_from_its_checkpoint(cluster, shared, tmp_p
     assert not checkpoint.exists()  # removed once the outputs are written
     # Resuming changes no number: the first two epochs are those of the uninterrupted 2-epoch run
     # of the previous test (same settings but epochs, same data, same thread count), if it ran.
-    uninterrupted = shared["histories"].get("torchvision")
+    uninterrupted = shared["histories"].get("second")
     if uninterrupted is not None:
         assert history[:2] == uninterrupted

@@ -7,6 +7,7 @@ import statistics
 
 import pandas as pd
 import pytest
+import tiny_model
 from workflow_helpers import make_workdir, snakemake, tiny_config
 
 from alexnet_cifar.config import WORKFLOW_FILES
@@ -14,13 +15,14 @@ from alexnet_cifar.config import WORKFLOW_FILES
 
 @pytest.fixture(scope="module")
 def replicated(tmp_path_factory, tiny_archive):
-    """A recipe config end to end: two seeds of torchvision crossed with lr 0.001 and 1000 (which
+    """A recipe config end to end: two seeds of the stand-in AlexNet (the bookkeeping is the point
+    here, not the network; test_workflow.py runs the real ones) crossed with lr 0.001 and 1000 (which
     diverges), with 2 validation images and a step schedule (the lr halves after epoch 1): 4
     trainings of 2 epochs on 10 images. (Settings of one seed: every config without seeds, as
     ``finished``.)"""
     path, md5 = tiny_archive
     config = tiny_config(str(path), md5, sweep={"lr": [0.001, 1000.0]},
-                         runs={"tv": {"model": "torchvision", "seeds": 2}})
+                         runs={"tv": {"model": tiny_model.NAME, "seeds": 2}})
     config["train"].update(validation_images=2, lr_schedule="step", lr_milestones=[1], lr_gamma=0.5)
     workdir = make_workdir(tmp_path_factory.mktemp("replicated"), config, base={})
     snakemake(workdir, "--cores", "2")
@@ -39,7 +41,7 @@ def test_seeds_crossed_with_a_sweep_run_end_to_end(replicated):
     for name in ("replicates.png", "replicates.svg", "sweep.png", "sweep.svg"):
         assert (replicated / "figures" / name).stat().st_size > 1000, name
     text = (replicated / "metrics/summary.md").read_text()
-    assert "### tv-lr0.001 (model torchvision, lr 0.001; 2 seeds)" in text
+    assert f"### tv-lr0.001 (model {tiny_model.NAME}, lr 0.001; 2 seeds)" in text
 
 
 @pytest.mark.slow

@@ -222,17 +222,24 @@ class Session:
             record["epochs_done"] = len(history)
             self.save()
 
-        outcome = self.train(self.settings("paper"), self.data(), self.work / "part5" / "paper", on_epoch=saved)
+        trained = self.as_trained(self.settings("paper"))
+        record["trained_model"] = trained.model
+        outcome = self.train(trained, self.data(), self.work / "part5" / "paper", on_epoch=saved)
         outcome.pop("history", None)  # in history_paper.json
         return outcome
+
+    def as_trained(self, settings):
+        """Parts 5 and 6: ``settings`` with ``--train-model`` in place of the run's own model, if given."""
+        return dataclasses.replace(settings, model=self.args.train_model or settings.model)
 
     def ladder_settings(self, run: str):
         """Seed 0 of a ladder run (config/ladder.yaml); in a dry run shrunk to :data:`TINY_LADDER`."""
         settings = self.settings(f"{run}-seed0", "ladder.yaml")
         if not self.args.tiny:
             return settings
-        return dataclasses.replace(settings, **TINY_LADDER,
-                                   **({"warmup_epochs": 1} if settings.lr_schedule == "cosine" else {}))
+        tiny = {**TINY_LADDER, "epochs": self.args.ladder_epochs or TINY_LADDER["epochs"]}
+        warmup = {"warmup_epochs": 1} if settings.lr_schedule == "cosine" else {}
+        return dataclasses.replace(settings, **tiny, **warmup)
 
     def part6(self, record: dict) -> dict:
         npz, runs, histories = self.data(), {}, {}
@@ -255,8 +262,9 @@ class Session:
                 continue
             share = (self.left() - self.margin) / (len(LADDER_RUNS) - position)
             settings = self.ladder_settings(run)
-            runs[run].update(share_s=round(share), settings=settings.result_params())
-            outcome = self.train(settings, npz, out_dir, on_epoch=saved(run), seconds=share)
+            trained = self.as_trained(settings)
+            runs[run].update(share_s=round(share), settings=settings.result_params(), trained_model=trained.model)
+            outcome = self.train(trained, npz, out_dir, on_epoch=saved(run), seconds=share)
             outcome.pop("history", None)  # in history_ladder.json
             runs[run].update(outcome)
         finished = all(r["status"] in ("ok", "finished in an earlier call") for r in runs.values())
@@ -285,6 +293,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--models", default="paper,torchvision", help="for parts 1-4")
     parser.add_argument("--tiny", action="store_true", help="a dry run: 10 training images, single steps")
+    parser.add_argument("--train-model", help="parts 5 and 6 train this model in place of each run's own (a dry "
+                        "run's stand-in: they check the bookkeeping); session.json keeps each run's settings")
+    parser.add_argument("--ladder-epochs", type=int, help="with --tiny: part 6's epochs a run (default 3)")
     args = parser.parse_args(argv)
     args.parts = sorted({int(p) for p in args.parts.split(",")})
     if set(args.parts) - set(PARTS):

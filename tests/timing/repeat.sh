@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The tests that start, signal or wait for processes (or servers, or ports), run N times in a row,
 # on an idle machine or beside a second `pytest -n 2` of the whole suite (started again whenever
-# it ends); prints one line per round and the failure count. Evidence for docs/cpu/timing-tests.md.
+# it ends, until the rounds are done; then stopped with SIGINT and waited for, so that it leaves no
+# process or SLURM daemon behind); prints one line per round and the failure count. Evidence for
+# docs/cpu/timing-tests.md.
 # Each round runs them as `make test` does (two workers, one file each at a time): the SLURM
 # cluster and the dry GPU session side by side, as in every run of the suite.
 #
@@ -20,12 +22,31 @@ tests=(
   "tests/test_data.py::test_download_timeout" "tests/test_data.py::test_download_flaky_server_succeeds_on_retry"
   "tests/test_data.py::test_download_truncated_body_is_retried_then_fails"
 )
-load_pid=
+load_pid= stop_file=
+stop_load() {
+  # The loop starts no suite after this; SIGINT, as Ctrl-C would, lets the running pytest end its
+  # tests and run its teardown (the SLURM fixture stops its daemons, which run in sessions of their
+  # own and never see a signal sent to this group); SIGKILL only after a grace period.
+  [ -n "$load_pid" ] || return 0
+  touch "$stop_file"
+  kill -INT -- "-$load_pid" 2>/dev/null
+  for _ in $(seq 1 180); do
+    kill -0 -- "-$load_pid" 2>/dev/null || break
+    sleep 1
+  done
+  kill -KILL -- "-$load_pid" 2>/dev/null
+  wait "$load_pid" 2>/dev/null
+  rm -f "$stop_file"
+  left=$(pgrep -f 'alexnet-slurm-|pytest -n 2 --dist loadfile -q -p no:cacheprovider$' || true)
+  if [ -n "$left" ]; then echo "left behind by the load: $left" >&2; fi
+}
 if [ "$mode" = loaded ]; then
-  # the whole suite, again and again, in its own process group so that it can be stopped at the end
-  setsid bash -c "while true; do '$py' -m pytest -n 2 --dist loadfile -q -p no:cacheprovider >/dev/null 2>&1; done" &
+  # the whole suite, again and again until the rounds are done, in its own process group
+  stop_file=$(mktemp -u /tmp/timing-load-stop.XXXXXX)
+  # (env --default-signal: a job started with & in a script ignores SIGINT, and so would pytest)
+  setsid env --default-signal=INT bash -c "while [ ! -e '$stop_file' ]; do '$py' -m pytest -n 2 --dist loadfile -q -p no:cacheprovider >/dev/null 2>&1; done" &
   load_pid=$!
-  trap 'kill -- -$load_pid 2>/dev/null' EXIT
+  trap stop_load EXIT
 elif [ "$mode" != idle ]; then
   echo "mode: idle or loaded" >&2; exit 2
 fi
