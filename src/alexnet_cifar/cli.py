@@ -8,9 +8,9 @@ config files the workflow reads, and each run's metrics from a folder.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from . import bench, config, stages
+from . import bench, config, layout, stages
 
 _TYPES = {"integer": int, "number": float, "string": str}
 
@@ -87,8 +87,8 @@ def runs_from(args: argparse.Namespace) -> tuple[dict, dict, dict, list[str], st
     config.check_config(cfg)
     runs = {name: run.table_row() for name, run in config.expand_runs(cfg).items()}
     metrics_dir = Path(args.metrics)
-    facts = {run: metrics_dir / f"{run}.facts.json" for run in runs}
-    csvs = {run: metrics_dir / f"{run}.csv" for run in runs}
+    facts = {run: metrics_dir / layout.RUN_METRICS["facts"].format(run=run) for run in runs}
+    csvs = {run: metrics_dir / layout.RUN_METRICS["csv"].format(run=run) for run in runs}
     return runs, facts, csvs, list(cfg["sweep"]), cfg["reference_curve"]
 
 
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-train", type=_positive_int)
     p.add_argument("--limit-test", type=_positive_int)
 
-    p = sub.add_parser("train", help="train one run: DIR/history.jsonl, DIR/model.pt, DIR/run.json")
+    p = sub.add_parser("train", help=f"train one run: {', '.join('DIR/' + name for name in layout.RUN_FILES.values())}")
     p.add_argument("--data", required=True, help="npz written by 'prepare'")
     p.add_argument("--out", required=True, help="output folder")
     add_settings_options(p)
@@ -164,19 +164,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "plot":
             stages.run_figure(args.csv, args.facts, args.png, title=args.title)
         elif args.command in ("classes", "confusion"):
-            from .classes import PREDICTIONS_FILE
-            from .history import HISTORY_FILE
-
             build = stages.class_results if args.command == "classes" else stages.confusion_results
             run = Path(args.run)
-            build(run / HISTORY_FILE, run / PREDICTIONS_FILE, args.data, args.csv, args.png,
+            build(run / layout.HISTORY_FILE, run / layout.PREDICTIONS_FILE, args.data, args.csv, args.png,
                   title=args.title or run.resolve().name)
         elif args.command in ("summary", "compare", "replicates", "sweep"):
             runs, facts, csvs, swept, reference = runs_from(args)
             out = Path(args.out)
             if args.command == "summary":
-                stages.summary(runs, facts, csvs, reference, swept, out / "summary.csv", out / "summary.md",
-                               out / "replicates.csv", out / "settings.csv")
+                tables = {output: out / PurePosixPath(path).name
+                          for output, path in layout.WORKFLOW_FILES["summary"].items()}
+                stages.summary(runs, facts, csvs, reference, swept, tables["summary_csv"], tables["summary_md"],
+                               tables["replicates_csv"], tables["settings_csv"])
             elif args.command == "compare":
                 stages.comparison_figure(csvs, facts, reference, out)
             elif args.command == "replicates":

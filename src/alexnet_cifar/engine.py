@@ -40,13 +40,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, classes, history, recipes
+from . import checkpoint, classes, history, layout, recipes
 from .atomic import atomic_path
 from .config import RunSettings, SettingsError
 from .data import validation_split
 from .models import build_model, get_spec
-
-MODEL_FILE, CHECKPOINT_FILE = "model.pt", "checkpoint.pt"
 
 
 class TrainingInterrupted(Exception):
@@ -365,7 +363,7 @@ def fit(settings: RunSettings, data, out_dir: str | os.PathLike, device: torch.d
     taken over from the checkpoint."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = out_dir / CHECKPOINT_FILE
+    checkpoint_path = out_dir / layout.CHECKPOINT_FILE
     fingerprint = settings.fingerprint(data_md5)
     trainer = Trainer(settings, data, device, stop=stop, poll_every=poll_every, progress=progress)
     checkpoint.resume(checkpoint_path, trainer, fingerprint, log=log)
@@ -399,12 +397,12 @@ def fit(settings: RunSettings, data, out_dir: str | os.PathLike, device: torch.d
             checkpoint.save(checkpoint_path, trainer, fingerprint)
         if on_epoch is not None:
             on_epoch(records)
-    with atomic_path(out_dir / MODEL_FILE) as tmp:
+    with atomic_path(out_dir / layout.MODEL_FILE) as tmp:
         torch.save({"model": settings.model, "num_classes": settings.num_classes,
                     "settings": settings.result_params(), "state_dict": trainer.model.state_dict()}, tmp)
     record = {split: torch.stack(rows).numpy() for split, rows in trainer.predictions.items() if rows}
-    classes.write_predictions(out_dir / classes.PREDICTIONS_FILE, record["test"], record.get("val"),
+    classes.write_predictions(out_dir / layout.PREDICTIONS_FILE, record["test"], record.get("val"),
                               trainer.val_index)
-    history.write_history(out_dir / history.HISTORY_FILE, records)
+    history.write_history(out_dir / layout.HISTORY_FILE, records)
     checkpoint_path.unlink(missing_ok=True)
     return records, resumed_from

@@ -97,15 +97,16 @@ def progress_bar(stream=sys.stderr, width: int = 30):
 
 
 def train(settings, data_path, out_dir, *, threads: int | None = None, on_epoch=None) -> list[dict]:
-    """Train one run into ``out_dir`` (``history.jsonl``, ``model.pt``, ``run.json``); ``on_epoch``
-    sees the history after every epoch.
+    """Train one run into ``out_dir``: its history (``history.jsonl``), model (``model.pt``), record
+    of predictions (``predictions.npz``) and provenance (``run.json``), the names of
+    :data:`alexnet_cifar.layout.RUN_FILES`; ``on_epoch`` sees the history after every epoch.
 
     SIGTERM/SIGINT stop it after the current step with exit status 128+signal; the checkpoint of
     the last completed epoch stays, so running it again continues the run.
     """
     import torch
 
-    from . import data, devices, engine, metrics, provenance
+    from . import data, devices, engine, layout, metrics, provenance
 
     if threads:
         torch.set_num_threads(threads)
@@ -128,7 +129,7 @@ def train(settings, data_path, out_dir, *, threads: int | None = None, on_epoch=
         raise SystemExit(128 + exc.signum) from None
     metrics.write_json(provenance.provenance(settings, device, data_md5=data_md5, started=started,
                                              resumed_from_epoch=resumed_from),
-                       Path(out_dir) / "run.json")
+                       Path(out_dir) / layout.PROVENANCE_FILE)
     return history
 
 

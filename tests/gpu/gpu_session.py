@@ -48,7 +48,8 @@ import torch
 
 from alexnet_cifar import bench, config, data, provenance, stages
 from alexnet_cifar.atomic import write_text
-from alexnet_cifar.history import HISTORY_FILE, read_history
+from alexnet_cifar.history import read_history
+from alexnet_cifar.layout import HISTORY_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
