@@ -153,37 +153,36 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with stages.job(getattr(args, "log", None)):
         if args.command == "download":
-            stages.download(args.url, args.out, args.md5)
+            stages.download(url=args.url, dest=args.out, md5=args.md5)
         elif args.command == "prepare":
-            stages.prepare(args.archive, args.out, md5=args.md5, limit_train=args.limit_train,
+            stages.prepare(archive=args.archive, out=args.out, md5=args.md5, limit_train=args.limit_train,
                            limit_test=args.limit_test)
         elif args.command == "train":
-            stages.train(settings_from(args), args.data, args.out, threads=args.threads)
+            stages.train(settings=settings_from(args), data_path=args.data, out_dir=args.out, threads=args.threads)
         elif args.command == "metrics":
-            stages.run_metrics(args.history, args.csv, args.facts)
+            stages.run_metrics(history=args.history, csv=args.csv, facts=args.facts)
         elif args.command == "plot":
-            stages.run_figure(args.csv, args.facts, args.png, title=args.title)
+            stages.run_figure(csv=args.csv, facts=args.facts, png=args.png, title=args.title)
         elif args.command in ("classes", "confusion"):
             build = stages.class_results if args.command == "classes" else stages.confusion_results
             run = Path(args.run)
-            build(run / layout.HISTORY_FILE, run / layout.PREDICTIONS_FILE, args.data, args.csv, args.png,
-                  title=args.title or run.resolve().name)
+            build(history=run / layout.HISTORY_FILE, predictions=run / layout.PREDICTIONS_FILE, data=args.data,
+                  csv=args.csv, png=args.png, title=args.title or run.resolve().name)
         elif args.command in ("summary", "compare", "replicates", "sweep"):
             runs, facts, csvs, swept, reference = runs_from(args)
             out = Path(args.out)
             if args.command == "summary":
                 tables = {output: out / PurePosixPath(path).name
                           for output, path in layout.WORKFLOW_FILES["summary"].items()}
-                stages.summary(runs, facts, csvs, reference, swept, tables["summary_csv"], tables["summary_md"],
-                               tables["replicates_csv"], tables["settings_csv"])
+                stages.summary(runs=runs, facts=facts, csv=csvs, reference=reference, swept_keys=swept, **tables)
             elif args.command == "compare":
-                stages.comparison_figure(csvs, facts, reference, out)
+                stages.comparison_figure(runs=runs, csv=csvs, facts=facts, reference=reference, png=out)
             elif args.command == "replicates":
-                stages.replicates_figure(runs, csvs, facts, reference, out)
+                stages.replicates_figure(runs=runs, csv=csvs, facts=facts, reference=reference, png=out)
             elif not swept:
                 raise config.SettingsError("sweep: the configs set no sweep, so there is no sweep figure")
             else:
-                stages.sweep_figure(runs, facts, swept, out)
+                stages.sweep_figure(runs=runs, facts=facts, swept_keys=swept, png=out)
         elif args.command == "bench":
             settings = settings_from(args, bench.SETTINGS)
             bench.main(args, {key: getattr(settings, key) for key in bench.SETTINGS

@@ -54,7 +54,7 @@ rule comparison_figure:
     conda:
         ENV
     params:
-        runs=list(RUNS),
+        runs=run_table(),
     script:
         "../scripts/comparison_figure.py"
 
