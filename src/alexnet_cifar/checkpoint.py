@@ -33,7 +33,10 @@ class CheckpointError(ValueError):
 
 
 class Stateful(Protocol):
-    """An owner of state a checkpoint keeps (the trainer, and each of its parts)."""
+    """An owner of state a checkpoint keeps: what :func:`save` and :func:`resume` take (the
+    trainer). Its parts have the same three methods; a part whose check needs what its owner
+    holds takes that as keyword arguments (the schedule the history, the record of predictions
+    the number of epochs)."""
 
     def state_dict(self) -> dict:
         """Its state as a plain dict of tensors, numbers, strings, lists and dicts."""
