@@ -65,10 +65,9 @@ def test_the_record_is_the_saved_model_s_own_predictions_at_the_last_epoch(recor
 def test_class_rows_and_confusion_blocks_agree_with_the_history(recorded, tmp_path):
     folder, _, _, history = recorded
     run = folder / "run"
-    stages.class_results(run / "history.jsonl", run / "predictions.npz", folder / "data.npz", tmp_path / "c.csv",
-                         tmp_path / "c.png", title="t")
-    stages.confusion_results(run / "history.jsonl", run / "predictions.npz", folder / "data.npz",
-                             tmp_path / "m.csv", tmp_path / "m.png", title="t")
+    inputs = {"history": run / "history.jsonl", "predictions": run / "predictions.npz", "data": folder / "data.npz"}
+    stages.class_results(**inputs, csv=tmp_path / "c.csv", png=tmp_path / "c.png", title="t")
+    stages.confusion_results(**inputs, csv=tmp_path / "m.csv", png=tmp_path / "m.png", title="t")
     table = pd.read_csv(tmp_path / "c.csv")
     assert list(table.columns) == classes.CLASS_COLUMNS and len(table) == 3 * 10
     labels = arrays().test_labels
@@ -193,7 +192,7 @@ def test_the_command_line_builds_the_files_the_workflow_builds(recorded, tmp_pat
         out = tmp_path / command
         assert cli.main([command, str(run), "--data", str(folder / "data.npz"), "--csv", f"{out}.csv",
                          "--png", f"{out}.png", "--title", "t"]) == 0
-        build(run / "history.jsonl", run / "predictions.npz", folder / "data.npz", tmp_path / "direct.csv",
-              tmp_path / "direct.png", title="t")
+        build(history=run / "history.jsonl", predictions=run / "predictions.npz", data=folder / "data.npz",
+              csv=tmp_path / "direct.csv", png=tmp_path / "direct.png", title="t")
         assert (tmp_path / f"{command}.csv").read_text() == (tmp_path / "direct.csv").read_text()
         assert (tmp_path / f"{command}.svg").stat().st_size > 1000

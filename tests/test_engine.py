@@ -159,7 +159,7 @@ def test_fused_sgd_is_an_option_that_trains_alike_and_a_resume_keeps_the_chosen_
 
     fused = trainers[True]
     fused.history = [record(1)]
-    fused.predictions["test"] = [torch.zeros(len(fused.test_y), dtype=torch.uint8)]  # as an evaluation left them
+    fused.predictions.add("test", torch.zeros(len(fused.test_y)))  # as an evaluation leaves them
     fused.steps_done = fused.steps_per_epoch
     fingerprint = RunSettings(model=tiny, epochs=2).fingerprint("md5")
     checkpoint.save(tmp_path / "checkpoint.pt", fused, fingerprint)
@@ -258,6 +258,23 @@ def test_a_checkpoint_of_an_older_format_is_set_aside_naming_both_formats(tmp_pa
     assert not checkpoint.resume(tmp_path / "checkpoint.pt", trainer, settings.fingerprint("md5"), log=messages.append)
     assert any("it has format 3, this version reads format 4" in m for m in messages)
     assert len(list(tmp_path.glob("checkpoint.set-aside-*.pt"))) == 1
+
+
+def test_a_checkpoint_keeps_the_layout_of_format_4(tmp_path, tiny):
+    """Each owner gives its own part, and together they are still the layout that format 4 has had
+    on disk since before the parts had owners: interrupted runs of earlier versions resume. A change
+    here needs a new format number (checkpoint.FORMAT) and a CHANGELOG entry."""
+    settings = RunSettings(model=tiny, epochs=2, device="cpu", augment_flip=True, validation_images=2)
+    trainer = Trainer(settings, arrays(8, 4), torch.device("cpu"))
+    checkpoint.save(tmp_path / "checkpoint.pt", trainer, "fingerprint")
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert checkpoint.FORMAT == 4
+    assert list(saved) == ["format", "fingerprint", "epoch", "steps_done", "history", "model", "optimizer", "rng",
+                           "schedule", "lr", "predictions"]
+    assert list(saved["rng"]) == ["torch", "data_order", "cuda", "augment"]
+    assert list(saved["schedule"]) == ["drops", "best", "bad_epochs"]
+    assert saved["predictions"] == {"test": None, "val": None}
+    assert list(saved["model"]) == list(trainer.model.state_dict())
 
 
 def test_an_unreadable_checkpoint_is_set_aside(tmp_path, tiny):

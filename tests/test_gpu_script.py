@@ -188,7 +188,7 @@ def test_a_training_still_running_at_the_deadline_is_stopped_by_sigterm_and_repo
                                    "--device", "cpu"])
     trained, flag = [], engine.StopFlag()
 
-    def wait_for_the_signal(settings, npz, out_dir, on_epoch=None):
+    def wait_for_the_signal(settings, data_path, out_dir, on_epoch=None):  # stages.train's parameters
         trained.append(out_dir)
         while flag.signum is None:
             time.sleep(0.01)

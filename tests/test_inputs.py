@@ -180,13 +180,13 @@ def test_metrics_refuses_a_broken_history_and_writes_nothing(tmp_path):
     history[1]["train_loss"] = None
     write_lines(tmp_path / "history.jsonl", [json.dumps(r) for r in history])
     with pytest.raises(HistoryError, match="line 2: train_loss"):
-        stages.run_metrics(tmp_path / "history.jsonl", tmp_path / "m.csv", tmp_path / "m.facts.json")
+        stages.run_metrics(history=tmp_path / "history.jsonl", csv=tmp_path / "m.csv", facts=tmp_path / "m.facts.json")
     assert not (tmp_path / "m.csv").exists() and not (tmp_path / "m.facts.json").exists()
 
 
 def test_metrics_summarises_a_valid_diverged_history(tmp_path):
     write_history(tmp_path / "history.jsonl", records(diverged=True))
-    stages.run_metrics(tmp_path / "history.jsonl", tmp_path / "m.csv", tmp_path / "m.facts.json")
+    stages.run_metrics(history=tmp_path / "history.jsonl", csv=tmp_path / "m.csv", facts=tmp_path / "m.facts.json")
     facts = json.loads((tmp_path / "m.facts.json").read_text())
     assert (facts["diverged_at_epoch"], facts["diverged_at_step"], facts["epochs"]) == (3, 1234, 3)
 

@@ -47,8 +47,9 @@ def run_summary(tmp_path, runs, histories, swept_keys=(), reference=REFERENCE):
     csv_paths, facts_paths = write_runs(tmp_path, histories)
     names = ("summary.csv", "summary.md", "replicates.csv", "settings.csv")
     out = {name: tmp_path / "metrics" / name for name in names}
-    stages.summary(runs, facts_paths, csv_paths, reference, list(swept_keys), out["summary.csv"], out["summary.md"],
-                   out["replicates.csv"], out["settings.csv"])
+    stages.summary(runs=runs, facts=facts_paths, csv=csv_paths, reference=reference, swept_keys=list(swept_keys),
+                   summary_csv=out["summary.csv"], summary_md=out["summary.md"], replicates_csv=out["replicates.csv"],
+                   settings_csv=out["settings.csv"])
     return out
 
 
@@ -286,8 +287,10 @@ def test_sweep_figure_draws_lr_on_a_log_axis_and_marks_diverged_runs(tmp_path):
 
 def test_sweep_and_replicates_figures_are_written(tmp_path):
     csv_paths, facts_paths = write_runs(tmp_path, sweep_histories())
-    stages.sweep_figure(SWEEP_RUNS, facts_paths, ["lr", "momentum"], tmp_path / "figures/sweep.png")
-    stages.replicates_figure(SWEEP_RUNS, csv_paths, facts_paths, REFERENCE, tmp_path / "figures/replicates.png")
+    stages.sweep_figure(runs=SWEEP_RUNS, facts=facts_paths, swept_keys=["lr", "momentum"],
+                        png=tmp_path / "figures/sweep.png")
+    stages.replicates_figure(runs=SWEEP_RUNS, csv=csv_paths, facts=facts_paths, reference=REFERENCE,
+                             png=tmp_path / "figures/replicates.png")
     for name in ("sweep", "replicates"):
         assert (tmp_path / f"figures/{name}.png").read_bytes()[:4] == b"\x89PNG"
     sweep_svg = (tmp_path / "figures/sweep.svg").read_text()
@@ -329,9 +332,10 @@ def test_a_setting_whose_runs_differ_in_more_than_their_seed_is_refused():
 
 def test_the_summary_refuses_paths_for_other_runs(tmp_path):
     csv_paths, facts_paths = write_runs(tmp_path, {"a": history([50.0])})
-    with pytest.raises(ValueError, match="facts_paths names runs"):
-        stages.summary({"a": entry("a", 0), "b": entry("b", 0)}, facts_paths, csv_paths, REFERENCE, [],
-                       *(tmp_path / name for name in ("s.csv", "s.md", "r.csv", "t.csv")))
+    with pytest.raises(ValueError, match=r"facts names runs \['a'\], the run table \['a', 'b'\]"):
+        stages.summary(runs={"a": entry("a", 0), "b": entry("b", 0)}, facts=facts_paths, csv=csv_paths,
+                       reference=REFERENCE, swept_keys=[], summary_csv=tmp_path / "s.csv", summary_md=tmp_path / "s.md",
+                       replicates_csv=tmp_path / "r.csv", settings_csv=tmp_path / "t.csv")
     assert not (tmp_path / "s.csv").exists()
 
 

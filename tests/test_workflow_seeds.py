@@ -10,7 +10,7 @@ import pytest
 import tiny_model
 from workflow_helpers import make_workdir, snakemake, tiny_config
 
-from alexnet_cifar.config import WORKFLOW_FILES
+from alexnet_cifar.layout import workflow_paths
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_seeds_crossed_with_a_sweep_run_end_to_end(replicated):
 
 @pytest.mark.slow
 def test_the_workflow_s_own_files_beside_the_per_run_files_are_the_reserved_list(replicated):
-    """Every file in metrics/ and figures/ is a run's or one of WORKFLOW_FILES, whose stems no run
+    """Every file in metrics/ and figures/ is a run's or one of layout.WORKFLOW_FILES, whose stems no run
     may take: a new output of the workflow there is reserved only once it is in that list."""
     per_run = {f"{folder}/{run}{suffix}" for run in REPLICATED_RUNS
                for folder, suffixes in (("metrics", (".csv", ".facts.json")), ("figures", (".png", ".svg")))
@@ -54,7 +54,7 @@ def test_the_workflow_s_own_files_beside_the_per_run_files_are_the_reserved_list
     found = {path.relative_to(replicated).as_posix() for folder in ("metrics", "figures")
              for path in (replicated / folder).iterdir() if path.is_file()}  # per-class files have folders
     assert per_run <= found
-    assert found - per_run == set(WORKFLOW_FILES)
+    assert found - per_run == set(workflow_paths())
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@ tables derived from it without retraining.
 
 After every evaluation the training keeps each image's predicted class, from the same logits as
 the epoch's accuracy (flip-averaged where ``tta_flip`` is on), and writes them with the history:
-``runs/{run}/predictions.npz`` (:data:`PREDICTIONS_FILE`) with
+``runs/{run}/predictions.npz`` (:data:`alexnet_cifar.layout.PREDICTIONS_FILE`) with
 
 - ``test``: uint8, epochs x test images, the predicted class;
 - ``val`` and ``val_index`` (with validation images): uint8, epochs x validation images, and which
@@ -28,7 +28,6 @@ from .atomic import atomic_path
 from .data import CLASSES
 from .errors import UserError
 
-PREDICTIONS_FILE = "predictions.npz"
 CLASS_COLUMNS = ["epoch", "class", "accuracy"]
 CONFUSION_COLUMNS = ["which", "epoch", "true", "predicted", "count"]
 CLASS_SETTINGS_COLUMNS = ["setting", "model", "epoch", "class", "n", "mean", "sd"]

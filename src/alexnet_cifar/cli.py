@@ -8,9 +8,9 @@ config files the workflow reads, and each run's metrics from a folder.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from . import bench, config, stages
+from . import bench, config, layout, stages
 
 _TYPES = {"integer": int, "number": float, "string": str}
 
@@ -87,8 +87,8 @@ def runs_from(args: argparse.Namespace) -> tuple[dict, dict, dict, list[str], st
     config.check_config(cfg)
     runs = {name: run.table_row() for name, run in config.expand_runs(cfg).items()}
     metrics_dir = Path(args.metrics)
-    facts = {run: metrics_dir / f"{run}.facts.json" for run in runs}
-    csvs = {run: metrics_dir / f"{run}.csv" for run in runs}
+    facts = {run: metrics_dir / layout.RUN_METRICS["facts"].format(run=run) for run in runs}
+    csvs = {run: metrics_dir / layout.RUN_METRICS["csv"].format(run=run) for run in runs}
     return runs, facts, csvs, list(cfg["sweep"]), cfg["reference_curve"]
 
 
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-train", type=_positive_int)
     p.add_argument("--limit-test", type=_positive_int)
 
-    p = sub.add_parser("train", help="train one run: DIR/history.jsonl, DIR/model.pt, DIR/run.json")
+    p = sub.add_parser("train", help=f"train one run: {', '.join('DIR/' + name for name in layout.RUN_FILES.values())}")
     p.add_argument("--data", required=True, help="npz written by 'prepare'")
     p.add_argument("--out", required=True, help="output folder")
     add_settings_options(p)
@@ -153,38 +153,36 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with stages.job(getattr(args, "log", None)):
         if args.command == "download":
-            stages.download(args.url, args.out, args.md5)
+            stages.download(url=args.url, dest=args.out, md5=args.md5)
         elif args.command == "prepare":
-            stages.prepare(args.archive, args.out, md5=args.md5, limit_train=args.limit_train,
+            stages.prepare(archive=args.archive, out=args.out, md5=args.md5, limit_train=args.limit_train,
                            limit_test=args.limit_test)
         elif args.command == "train":
-            stages.train(settings_from(args), args.data, args.out, threads=args.threads)
+            stages.train(settings=settings_from(args), data_path=args.data, out_dir=args.out, threads=args.threads)
         elif args.command == "metrics":
-            stages.run_metrics(args.history, args.csv, args.facts)
+            stages.run_metrics(history=args.history, csv=args.csv, facts=args.facts)
         elif args.command == "plot":
-            stages.run_figure(args.csv, args.facts, args.png, title=args.title)
+            stages.run_figure(csv=args.csv, facts=args.facts, png=args.png, title=args.title)
         elif args.command in ("classes", "confusion"):
-            from .classes import PREDICTIONS_FILE
-            from .history import HISTORY_FILE
-
             build = stages.class_results if args.command == "classes" else stages.confusion_results
             run = Path(args.run)
-            build(run / HISTORY_FILE, run / PREDICTIONS_FILE, args.data, args.csv, args.png,
-                  title=args.title or run.resolve().name)
+            build(history=run / layout.HISTORY_FILE, predictions=run / layout.PREDICTIONS_FILE, data=args.data,
+                  csv=args.csv, png=args.png, title=args.title or run.resolve().name)
         elif args.command in ("summary", "compare", "replicates", "sweep"):
             runs, facts, csvs, swept, reference = runs_from(args)
             out = Path(args.out)
             if args.command == "summary":
-                stages.summary(runs, facts, csvs, reference, swept, out / "summary.csv", out / "summary.md",
-                               out / "replicates.csv", out / "settings.csv")
+                tables = {output: out / PurePosixPath(path).name
+                          for output, path in layout.WORKFLOW_FILES["summary"].items()}
+                stages.summary(runs=runs, facts=facts, csv=csvs, reference=reference, swept_keys=swept, **tables)
             elif args.command == "compare":
-                stages.comparison_figure(csvs, facts, reference, out)
+                stages.comparison_figure(runs=runs, csv=csvs, facts=facts, reference=reference, png=out)
             elif args.command == "replicates":
-                stages.replicates_figure(runs, csvs, facts, reference, out)
+                stages.replicates_figure(runs=runs, csv=csvs, facts=facts, reference=reference, png=out)
             elif not swept:
                 raise config.SettingsError("sweep: the configs set no sweep, so there is no sweep figure")
             else:
-                stages.sweep_figure(runs, facts, swept, out)
+                stages.sweep_figure(runs=runs, facts=facts, swept_keys=swept, png=out)
         elif args.command == "bench":
             settings = settings_from(args, bench.SETTINGS)
             bench.main(args, {key: getattr(settings, key) for key in bench.SETTINGS

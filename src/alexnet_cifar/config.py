@@ -29,6 +29,7 @@ from typing import Any
 
 from . import stand_in
 from .errors import UserError
+from .layout import workflow_paths
 
 #: The schema, as package data: the package works installed anywhere, not only from this checkout.
 SCHEMA = importlib.resources.files(__package__) / "config.schema.yaml"
@@ -349,21 +350,11 @@ def resolve_run(config: Mapping[str, Any], run: str) -> RunSettings:
     return runs[run].settings
 
 
-#: The workflow's own files in the folders they share with every run's files ({outdir}/metrics/{run}.csv
-#: and .facts.json, {outdir}/figures/{run}.png and .svg). The rules name these outputs from this list
-#: (``workflow_file`` in workflow/rules/common.smk), and no run may take one of their stems as its
-#: name: two rules would claim one file.
-WORKFLOW_FILES = (
-    "metrics/summary.csv", "metrics/summary.md", "metrics/replicates.csv", "metrics/settings.csv",
-    "metrics/classes_by_setting.csv",
-    "figures/comparison.png", "figures/comparison.svg", "figures/replicates.png", "figures/replicates.svg",
-    "figures/sweep.png", "figures/sweep.svg",
-)
-
-
 def reserved_run_names() -> list[str]:
-    """The stems of :data:`WORKFLOW_FILES`, which no run may be named."""
-    return sorted({PurePosixPath(path).stem for path in WORKFLOW_FILES})
+    """The stems of the workflow's own files (:data:`alexnet_cifar.layout.WORKFLOW_FILES`), which no
+    run may be named: they share the folders of every run's files ({outdir}/metrics/{run}.csv and
+    .facts.json, {outdir}/figures/{run}.png and .svg), and two rules would claim one file."""
+    return sorted({PurePosixPath(path).stem for path in workflow_paths()})
 
 
 def config_problems(config: Mapping[str, Any]) -> list[str]:
@@ -389,7 +380,7 @@ def config_problems(config: Mapping[str, Any]) -> list[str]:
                 problems.append(f"runs.{entry_name}: expands to run {run!r}, as runs.{names[run]} does; "
                                 f"rename one of them")
             if run in reserved:
-                files = [path for path in WORKFLOW_FILES if PurePosixPath(path).stem == run]
+                files = [path for path in workflow_paths() if PurePosixPath(path).stem == run]
                 problems.append(f"runs.{entry_name}: its run {run!r} would be named like the workflow's own "
                                 f"{' and '.join(files)}; rename the run entry (reserved run names: "
                                 f"{', '.join(reserved)})")

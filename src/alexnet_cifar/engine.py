@@ -29,6 +29,7 @@ epoch.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import signal
@@ -36,17 +37,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, classes, history, recipes
+from . import checkpoint, classes, history, layout, recipes
 from .atomic import atomic_path
+from .checkpoint import CheckpointError, check_rng_state, check_tensor
 from .config import RunSettings, SettingsError
 from .data import validation_split
 from .models import build_model, get_spec
-
-MODEL_FILE, CHECKPOINT_FILE = "model.pt", "checkpoint.pt"
 
 
 class TrainingInterrupted(Exception):
@@ -141,9 +142,66 @@ class Evaluation:
     predicted: torch.Tensor  # int64 on the device, one class per image
 
 
+class PredictionRecord:
+    """Each evaluated epoch's predicted classes, uint8 on the CPU: of the ``test`` split and, in a
+    run with validation images, of ``val``; written at the end as ``predictions.npz``
+    (:func:`alexnet_cifar.classes.write_predictions`) and kept in the checkpoint between epochs."""
+
+    def __init__(self, test_images: int, val_images: int | None, num_classes: int) -> None:
+        self.images = {"test": test_images, "val": val_images}  # None: the run has no such split
+        self.num_classes = num_classes
+        self.rows: dict[str, list[torch.Tensor]] = {"test": [], "val": []}
+
+    def add(self, split: str, predicted: torch.Tensor) -> None:
+        """One epoch's predicted classes of ``split``."""
+        self.rows[split].append(predicted.to("cpu", torch.uint8))
+
+    def write(self, path: Path, val_index) -> None:
+        """Every epoch so far into ``path``, with which training images were held out (``val_index``)."""
+        arrays = {split: torch.stack(rows).numpy() for split, rows in self.rows.items() if rows}
+        classes.write_predictions(path, arrays["test"], arrays.get("val"), val_index)
+
+    # -- the state a checkpoint keeps (alexnet_cifar.checkpoint.Stateful) ----------------------
+    def state_dict(self) -> dict[str, torch.Tensor | None]:
+        """Per split, the rows so far as one uint8 tensor (epochs x images), None without any."""
+        return {split: torch.stack(rows) if rows else None for split, rows in self.rows.items()}
+
+    def check_state(self, saved: Any, *, epochs: int) -> dict[str, list[torch.Tensor]]:
+        """``saved`` checked: uint8, one row per epoch of ``epochs`` and image of the split, each a
+        class of the model's outputs; validation rows exactly when the run validates."""
+        if not isinstance(saved, dict) or set(saved) != {"test", "val"}:
+            raise CheckpointError("its predictions are not a record of 'test' and 'val'")
+        rows = {}
+        for split, images in self.images.items():
+            value = saved[split]
+            if images is None:
+                if value is not None:
+                    raise CheckpointError(f"its predictions hold '{split}' rows, but this run has no validation images")
+                rows[split] = []
+                continue
+            if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8 or value.shape != (epochs, images):
+                found = (f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                         else type(value).__name__)
+                raise CheckpointError(f"its predictions of '{split}' should be uint8 ({epochs} epochs, {images} "
+                                      f"images), found {found}")
+            if len(value) and int(value.max()) >= self.num_classes:
+                raise CheckpointError(f"its predictions of '{split}' hold class {int(value.max())}, beyond the "
+                                      f"model's {self.num_classes} outputs")
+            rows[split] = list(value.clone())
+        return rows
+
+    def apply_state(self, checked: dict[str, list[torch.Tensor]]) -> None:
+        self.rows = checked
+
+
 class Trainer:
     """One run's training state (model, optimizer, data on the device, RNGs, learning-rate schedule,
-    history so far): ``train_epoch`` and ``evaluate`` advance and measure it; :func:`fit` drives it."""
+    history so far, record of predictions): ``train_epoch`` and ``evaluate`` advance and measure it;
+    :func:`fit` drives it. It owns the state a checkpoint keeps (:meth:`state_dict`,
+    :meth:`check_state`, :meth:`apply_state`), its parts' included."""
+
+    #: what :meth:`state_dict` holds
+    STATE_KEYS = ("epoch", "steps_done", "history", "model", "optimizer", "rng", "schedule", "lr", "predictions")
 
     def __init__(self, settings: RunSettings, data, device: torch.device, *,
                  stop: StopFlag | None = None, poll_every: int = 1000,
@@ -186,8 +244,8 @@ class Trainer:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.use_graph = device.type == "cuda" and settings.cuda_graph
         self.history: list[dict] = []
-        #: each evaluated epoch's predicted classes (uint8 on the CPU): "test", and "val" with validation
-        self.predictions: dict[str, list[torch.Tensor]] = {"test": [], "val": []}
+        self.predictions = PredictionRecord(len(self.test_y), len(self.val_y) if self.validating else None,
+                                            settings.num_classes)
         self.steps_done = 0  # optimizer steps so far, over all epochs
         self.warmup_left = 3  # eager steps before capturing the CUDA graph
 
@@ -220,6 +278,128 @@ class Trainer:
     @property
     def steps_per_epoch(self) -> int:
         return -(-self.train_x.shape[0] // self.s.batch_size)
+
+    # -- the state a checkpoint keeps (alexnet_cifar.checkpoint.Stateful) ----------------------
+    def state_dict(self) -> dict:
+        """Everything needed to continue after the last completed epoch: the epoch, step count,
+        history, model, optimizer, RNG states (the augmenter's among them), the schedule's state,
+        the lr and the record of predictions (the layout of checkpoint format 4)."""
+        cuda = self.device.type == "cuda"
+        return {
+            "epoch": len(self.history), "steps_done": self.steps_done, "history": self.history,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "data_order": self.order_rng.get_state(),
+                    "cuda": torch.cuda.get_rng_state(self.device) if cuda else None, **self.augment.state_dict()},
+            "schedule": self.schedule.state_dict(), "lr": self.lr, "predictions": self.predictions.state_dict(),
+        }
+
+    def check_state(self, saved: dict) -> dict:
+        """Every part of ``saved`` (a :meth:`state_dict`) checked against this run and loaded into
+        fresh objects, in the order model, history, optimizer, RNG states, schedule, lr,
+        predictions; a CheckpointError names the first bad one. Changes nothing."""
+        missing = sorted(set(self.STATE_KEYS) - set(saved))
+        if missing:
+            raise CheckpointError(f"it has no {', '.join(missing)}")
+        model = self._checked_model(saved["model"])
+        records = self._checked_history(saved)
+        return {
+            "model": model,
+            "optimizer": self._checked_optimizer(saved["optimizer"], model),
+            "rng": self._checked_rng(saved["rng"]),
+            "augment": self.augment.check_state(saved["rng"]),
+            "history": records,
+            "steps_done": saved["steps_done"],
+            "schedule": self.schedule.check_state(saved["schedule"], history=records),
+            "lr": self._checked_lr(saved["lr"], records),
+            "predictions": self.predictions.check_state(saved["predictions"], epochs=len(records)),
+        }
+
+    def apply_state(self, checked: dict) -> None:
+        """Move the checked parts in; nothing here can fail on a checked state."""
+        self.model.load_state_dict(checked["model"].state_dict())
+        self.optimizer.load_state_dict(checked["optimizer"].state_dict())
+        rng = checked["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.order_rng.set_state(rng["data_order"])
+        if "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.augment.apply_state(checked["augment"])
+        self.history = list(checked["history"])
+        self.steps_done = checked["steps_done"]
+        self.schedule.apply_state(checked["schedule"])
+        self.set_lr(checked["lr"])
+        self.predictions.apply_state(checked["predictions"])
+
+    def _checked_model(self, saved: Any) -> torch.nn.Module:
+        """A copy of the model (copying draws no random numbers) holding the saved weights."""
+        if not isinstance(saved, dict):
+            raise CheckpointError("its model is not a state dict")
+        expected = self.model.state_dict()
+        if set(saved) != set(expected):
+            raise CheckpointError(f"its model's parameters differ: missing {sorted(set(expected) - set(saved))}, "
+                                  f"unexpected {sorted(set(saved) - set(expected))}")
+        for name, like in expected.items():
+            check_tensor(saved[name], like, f"model parameter {name!r}")
+        fresh = copy.deepcopy(self.model)
+        fresh.load_state_dict(saved)
+        return fresh
+
+    def _checked_optimizer(self, saved: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """A fresh optimizer over ``model`` with the saved momenta and this run's own hyperparameters
+        (the fingerprint says they define the same result; fused or foreach is this run's choice)."""
+        if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+            raise CheckpointError("its optimizer is not an optimizer state dict")
+        optimizer = self.make_optimizer(model)
+        params = list(model.parameters())
+        momenta = saved["state"]
+        # After an epoch every parameter has its momentum buffer; SGD without momentum keeps none.
+        wanted = set(range(len(params))) if self.s.momentum else set()
+        if set(momenta) != wanted:
+            raise CheckpointError(f"its optimizer holds momenta for {len(momenta)} parameters, "
+                                  f"expected {len(wanted)}")
+        for index, entry in momenta.items():
+            if not isinstance(entry, dict) or set(entry) != {"momentum_buffer"}:
+                raise CheckpointError(f"its optimizer state of parameter {index} is not a momentum buffer")
+            check_tensor(entry["momentum_buffer"], params[index], f"optimizer momentum of parameter {index}")
+        optimizer.load_state_dict({"state": momenta, "param_groups": optimizer.state_dict()["param_groups"]})
+        return optimizer
+
+    def _checked_rng(self, saved: Any) -> dict[str, torch.Tensor]:
+        """The trainer's own RNG states, each usable by a generator where the run draws it (the
+        augmenter checks its own, ``augment``)."""
+        if not isinstance(saved, dict):
+            raise CheckpointError("its RNG states are not a dict")
+        own = {"torch": torch.device("cpu"), "data_order": self.device}
+        if self.device.type == "cuda":
+            own["cuda"] = self.device
+        for name, on in own.items():
+            check_rng_state(saved.get(name), on, name)
+        return {name: saved[name] for name in own}
+
+    def _checked_history(self, saved: dict) -> list[dict]:
+        """The history's records, checked, with the epoch and step counts that must go with them."""
+        try:
+            records = history.validate_history(saved["history"], "the checkpoint's history")
+        except history.HistoryError as exc:
+            raise CheckpointError(str(exc)) from None
+        if any(r["diverged_at_step"] is not None for r in records):
+            raise CheckpointError("its history ends in divergence, which is never checkpointed")
+        if not all(isinstance(saved[key], int) and not isinstance(saved[key], bool) for key in ("epoch", "steps_done")):
+            raise CheckpointError("its epoch or step count is not a whole number")
+        if saved["epoch"] != len(records) or len(records) >= self.s.epochs:
+            raise CheckpointError(f"it says epoch {saved['epoch']} but holds {len(records)} epochs of history "
+                                  f"for a run of {self.s.epochs}")
+        if saved["steps_done"] != len(records) * self.steps_per_epoch:
+            raise CheckpointError(f"it counts {saved['steps_done']} steps, expected {len(records)} epochs "
+                                  f"of {self.steps_per_epoch}")
+        return records
+
+    @staticmethod
+    def _checked_lr(saved: Any, records: list[dict]) -> float:
+        """The lr to continue with: the saved one, which must be the last epoch's."""
+        if saved != records[-1]["lr"]:
+            raise CheckpointError(f"its lr {saved!r} is not the lr of its last epoch, {records[-1]['lr']!r}")
+        return records[-1]["lr"]
 
     # -- the step -------------------------------------------------------------------------
     def _autocast(self):
@@ -365,7 +545,7 @@ def fit(settings: RunSettings, data, out_dir: str | os.PathLike, device: torch.d
     taken over from the checkpoint."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = out_dir / CHECKPOINT_FILE
+    checkpoint_path = out_dir / layout.CHECKPOINT_FILE
     fingerprint = settings.fingerprint(data_md5)
     trainer = Trainer(settings, data, device, stop=stop, poll_every=poll_every, progress=progress)
     checkpoint.resume(checkpoint_path, trainer, fingerprint, log=log)
@@ -383,7 +563,7 @@ def fit(settings: RunSettings, data, out_dir: str | os.PathLike, device: torch.d
             bad_step = trainer.steps_done  # every loss was finite, but the last updates were not
         for split, result in (("test", test), ("val", val)):
             if result is not None:  # the classes behind the epoch's accuracy, for per-class results
-                trainer.predictions[split].append(result.predicted.to("cpu", torch.uint8))
+                trainer.predictions.add(split, result.predicted)
         records.append({
             "epoch": epoch, "train_loss": _finite_or_none(train_loss), "train_acc": train_acc,
             "test_loss": _finite_or_none(test.loss), "test_acc": test.acc,
@@ -399,12 +579,10 @@ def fit(settings: RunSettings, data, out_dir: str | os.PathLike, device: torch.d
             checkpoint.save(checkpoint_path, trainer, fingerprint)
         if on_epoch is not None:
             on_epoch(records)
-    with atomic_path(out_dir / MODEL_FILE) as tmp:
+    with atomic_path(out_dir / layout.MODEL_FILE) as tmp:
         torch.save({"model": settings.model, "num_classes": settings.num_classes,
                     "settings": settings.result_params(), "state_dict": trainer.model.state_dict()}, tmp)
-    record = {split: torch.stack(rows).numpy() for split, rows in trainer.predictions.items() if rows}
-    classes.write_predictions(out_dir / classes.PREDICTIONS_FILE, record["test"], record.get("val"),
-                              trainer.val_index)
-    history.write_history(out_dir / history.HISTORY_FILE, records)
+    trainer.predictions.write(out_dir / layout.PREDICTIONS_FILE, trainer.val_index)
+    history.write_history(out_dir / layout.HISTORY_FILE, records)
     checkpoint_path.unlink(missing_ok=True)
     return records, resumed_from

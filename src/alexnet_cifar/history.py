@@ -19,8 +19,6 @@ from pathlib import Path
 from .atomic import write_text
 from .errors import UserError
 
-HISTORY_FILE = "history.jsonl"
-
 
 class HistoryError(UserError, ValueError):
     """A history that is missing, unreadable or breaks its rules; the message names the file, line and field."""

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import CheckpointError, check_rng_state
 from .config import RunSettings, SettingsError
 
 #: The defaults of the schedules' parameters, used where a setting is unset (null); config/README.md
@@ -101,6 +102,27 @@ class Augmenter:
         """The RGB offsets that per-component draws ``alphas`` (B, 3) add to every pixel of their image."""
         return alphas @ self.pca_scale
 
+    # -- the state a checkpoint keeps (alexnet_cifar.checkpoint.Stateful) ----------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The generator's state, under its name among the run's RNG states (``augment``; None
+        when nothing is drawn): the trainer keeps it with its own RNG states."""
+        return {"augment": None if self.generator is None else self.generator.get_state()}
+
+    def check_state(self, saved: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The ``augment`` state of ``saved`` (the run's RNG states) checked: usable by the
+        generator, and there exactly when this run augments."""
+        value = saved.get("augment")
+        if self.generator is None:
+            if value is not None:
+                raise CheckpointError("its RNG state 'augment' is there, but this run does not augment")
+            return {}
+        check_rng_state(value, self.generator.device, "augment")
+        return {"augment": value}
+
+    def apply_state(self, checked: Mapping[str, torch.Tensor]) -> None:
+        if "augment" in checked:
+            self.generator.set_state(checked["augment"])
+
 
 def shift_images(images: torch.Tensor, shifts: torch.Tensor, limit: int) -> torch.Tensor:
     """Each image of ``images`` (B, C, H, W) moved by its own ``shifts`` (B, 2: dy, dx, each in
@@ -149,6 +171,7 @@ class LrSchedule:
     """
 
     def __init__(self, settings: RunSettings) -> None:
+        self.settings = settings
         self.kind, self.base, self.epochs = settings.lr_schedule, settings.lr, settings.epochs
         self.params = schedule_parameters(settings)
         self.drops, self.best, self.bad_epochs = 0, None, 0  # the plateau's state
@@ -180,8 +203,24 @@ class LrSchedule:
         if self.bad_epochs >= self.params["lr_patience"] and self.drops < self.params["lr_max_drops"]:
             self.drops, self.bad_epochs = self.drops + 1, 0
 
+    # -- the state a checkpoint keeps (alexnet_cifar.checkpoint.Stateful) ----------------------
     def state_dict(self) -> dict[str, Any]:
         return {"drops": self.drops, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def check_state(self, saved: Any, *, history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """``saved`` checked against the schedule after the epochs of ``history``, replayed: each
+        epoch's lr must be the schedule's, and ``saved`` the state the replay ends in."""
+        try:
+            replayed = LrSchedule.replayed(self.settings, history)
+        except ValueError as exc:
+            raise CheckpointError(f"its history does not follow the lr schedule: {exc}") from None
+        if saved != replayed.state_dict():
+            raise CheckpointError(f"its schedule state {saved!r} is not the one its history gives, "
+                                  f"{replayed.state_dict()!r}")
+        return replayed.state_dict()
+
+    def apply_state(self, checked: Mapping[str, Any]) -> None:
+        self.drops, self.best, self.bad_epochs = checked["drops"], checked["best"], checked["bad_epochs"]
 
     @classmethod
     def replayed(cls, settings: RunSettings, records: Sequence[Mapping[str, Any]]) -> LrSchedule:

@@ -1,7 +1,11 @@
 """One function per stage of the workflow, taking paths and plain values.
 
 The Snakemake scripts and the command line are both thin translations into these calls, so every
-stage can be run, debugged and benchmarked without Snakemake. Both report a failure the same way
+stage can be run, debugged and benchmarked without Snakemake. A stage takes keyword-only
+arguments named like its rule's ``input:``, ``output:`` and ``params:`` keys; a rule over every
+run gets each run's files as a mapping run -> path, in the run table's order (``runs``).
+:func:`download`, :func:`prepare` and :func:`train` are the exceptions, called positionally by
+scripts that stay byte-identical. Both report a failure the same way
 (:func:`job`): a problem with the inputs, the config or the machine as one line
 that names the file or key and the fix; anything else, a bug, with its traceback.
 """
@@ -69,6 +73,7 @@ def job(log_path: str | os.PathLike | None) -> Iterator[logging.Logger]:
 
 
 def download(url: str, dest, md5: str, *, retries: int = 3) -> None:
+    """Writes ``dest``: the archive at ``url``, once its MD5 is ``md5``."""
     from . import data
 
     data.download(url, dest, md5, retries=retries, log=log.info)
@@ -77,6 +82,8 @@ def download(url: str, dest, md5: str, *, retries: int = 3) -> None:
 
 def prepare(archive, out, *, md5: str | None = None, limit_train: int | None = None,
             limit_test: int | None = None) -> None:
+    """Writes ``out``: the npz of uint8 images and labels of ``archive`` (checked against ``md5``
+    first, if given), cut to the first ``limit_train`` and ``limit_test`` images, if given."""
     from . import data
 
     counts = data.prepare(archive, out, md5=md5, limit_train=limit_train, limit_test=limit_test)
@@ -97,15 +104,16 @@ def progress_bar(stream=sys.stderr, width: int = 30):
 
 
 def train(settings, data_path, out_dir, *, threads: int | None = None, on_epoch=None) -> list[dict]:
-    """Train one run into ``out_dir`` (``history.jsonl``, ``model.pt``, ``run.json``); ``on_epoch``
-    sees the history after every epoch.
+    """Train one run into ``out_dir``: its history (``history.jsonl``), model (``model.pt``), record
+    of predictions (``predictions.npz``) and provenance (``run.json``), the names of
+    :data:`alexnet_cifar.layout.RUN_FILES`; ``on_epoch`` sees the history after every epoch.
 
     SIGTERM/SIGINT stop it after the current step with exit status 128+signal; the checkpoint of
     the last completed epoch stays, so running it again continues the run.
     """
     import torch
 
-    from . import data, devices, engine, metrics, provenance
+    from . import data, devices, engine, layout, metrics, provenance
 
     if threads:
         torch.set_num_threads(threads)
@@ -128,41 +136,43 @@ def train(settings, data_path, out_dir, *, threads: int | None = None, on_epoch=
         raise SystemExit(128 + exc.signum) from None
     metrics.write_json(provenance.provenance(settings, device, data_md5=data_md5, started=started,
                                              resumed_from_epoch=resumed_from),
-                       Path(out_dir) / "run.json")
+                       Path(out_dir) / layout.PROVENANCE_FILE)
     return history
 
 
-def run_metrics(history_path, csv_path, facts_path) -> None:
-    """A run's per-epoch CSV and its key facts (peak, final accuracy, divergence) from its history."""
+def run_metrics(*, history, csv, facts) -> None:
+    """From a run's ``history`` (history.jsonl): writes ``csv``, its table of one row per epoch,
+    and ``facts``, its key facts as JSON (peak, final accuracy, divergence)."""
     from . import history as histories
     from . import metrics
 
-    history = histories.read_history(history_path)
-    metrics.write_csv(metrics.history_frame(history), csv_path)
-    metrics.write_json(metrics.run_facts(history), facts_path)
+    records = histories.read_history(history)
+    metrics.write_csv(metrics.history_frame(records), csv)
+    metrics.write_json(metrics.run_facts(records), facts)
 
 
-def _read_runs(runs: Mapping[str, Mapping], facts_paths: Mapping[str, str], csv_paths: Mapping[str, str] | None = None):
+def _read_runs(runs: Mapping[str, Mapping], facts: Mapping[str, str], csv: Mapping[str, str] | None = None):
     """(facts by run, per-epoch frames by run or None), in the run table's order. Each mapping must
     name exactly the run table's runs (a wiring bug otherwise)."""
     import pandas as pd
 
     from . import metrics
 
-    for what, paths in (("facts_paths", facts_paths), ("csv_paths", csv_paths)):
+    for what, paths in (("facts", facts), ("csv", csv)):
         if paths is not None and set(paths) != set(runs):
             raise ValueError(f"{what} names runs {sorted(paths)}, the run table {sorted(runs)}")
-    facts = {run: metrics.read_json(facts_paths[run]) for run in runs}
-    curves = None if csv_paths is None else {run: pd.read_csv(csv_paths[run]) for run in runs}
-    return facts, curves
+    read_facts = {run: metrics.read_json(facts[run]) for run in runs}
+    curves = None if csv is None else {run: pd.read_csv(csv[run]) for run in runs}
+    return read_facts, curves
 
 
-def summary(runs: Mapping[str, Mapping], facts_paths: Mapping[str, str], csv_paths: Mapping[str, str],
-            reference, swept_keys: Sequence[str], summary_csv, summary_md, replicates_csv, settings_csv) -> None:
-    """The tables over runs: ``summary.csv`` (one row per run), ``replicates.csv`` (per setting and
-    epoch: test accuracy across seeds), ``settings.csv`` (per setting: peak and final accuracy
-    across seeds), and ``summary.md`` (every run against the reported curve, then where the
-    reported curve lies in each setting's seed distribution).
+def summary(*, runs: Mapping[str, Mapping], facts: Mapping[str, str], csv: Mapping[str, str], reference,
+            swept_keys: Sequence[str], summary_csv, summary_md, replicates_csv, settings_csv) -> None:
+    """The tables over runs, from each run's ``facts`` and ``csv`` (the metrics stage's, by run)
+    and the ``reference`` curve. Writes ``summary_csv`` (one row per run), ``replicates_csv`` (per
+    setting and epoch: test accuracy across seeds), ``settings_csv`` (per setting: peak and final
+    accuracy across seeds) and ``summary_md`` (every run against the reported curve, then where
+    the reported curve lies in each setting's seed distribution).
 
     ``runs`` is the run table: run -> {"setting", "seed", "model", "swept": {key: value}}.
     """
@@ -171,102 +181,114 @@ def summary(runs: Mapping[str, Mapping], facts_paths: Mapping[str, str], csv_pat
 
     swept_keys = list(swept_keys)
     table = replicates.run_table(runs, swept_keys)
-    facts, curves = _read_runs(runs, facts_paths, csv_paths)
+    run_facts, curves = _read_runs(runs, facts, csv)
     reference_curve = metrics.read_reference(reference)
-    stats = replicates.replicate_stats(table, curves, facts)
-    settings = replicates.setting_stats(table, facts, swept_keys)
-    metrics.write_csv(metrics.summary_frame(facts, runs), summary_csv)
+    stats = replicates.replicate_stats(table, curves, run_facts)
+    settings = replicates.setting_stats(table, run_facts, swept_keys)
+    metrics.write_csv(metrics.summary_frame(run_facts, runs), summary_csv)
     metrics.write_csv(stats, replicates_csv)
     metrics.write_csv(settings, settings_csv)
-    write_text(summary_md, metrics.summary_markdown(curves, facts, reference_curve) + "\n"
-               + replicates.seed_distribution_markdown(table, facts, stats, settings, reference_curve, swept_keys))
+    write_text(summary_md, metrics.summary_markdown(curves, run_facts, reference_curve) + "\n"
+               + replicates.seed_distribution_markdown(table, run_facts, stats, settings, reference_curve, swept_keys))
     log.info(f"summarised {len(runs)} run(s) in {len(settings)} setting(s)")
 
 
-def replicates_figure(runs: Mapping[str, Mapping], csv_paths: Mapping[str, str], facts_paths: Mapping[str, str],
-                      reference, png) -> None:
-    """Each setting's mean test accuracy per epoch with its seeds' min-max band, the reported
-    curve dashed (PNG and SVG). The facts say where a run diverged: its curve counts up to the
-    epoch before."""
+def replicates_figure(*, runs: Mapping[str, Mapping], csv: Mapping[str, str], facts: Mapping[str, str], reference,
+                      png) -> None:
+    """Writes ``png`` and its SVG beside it: each setting's mean test accuracy per epoch with its
+    seeds' min-max band, the ``reference`` curve dashed (``runs``: the run table, as for
+    :func:`summary`). The facts say where a run diverged: its curve counts up to the epoch before."""
     from . import metrics, plots, replicates
 
     table = replicates.run_table(runs, swept_keys=None)
-    facts, curves = _read_runs(runs, facts_paths, csv_paths)
-    plots.plot_replicates(replicates.replicate_stats(table, curves, facts), replicates.setting_stats(table, facts),
-                          metrics.read_reference(reference), plots.figure_paths(png))
+    run_facts, curves = _read_runs(runs, facts, csv)
+    plots.plot_replicates(replicates.replicate_stats(table, curves, run_facts),
+                          replicates.setting_stats(table, run_facts), metrics.read_reference(reference),
+                          plots.figure_paths(png))
 
 
-def sweep_figure(runs: Mapping[str, Mapping], facts_paths: Mapping[str, str], swept_keys: Sequence[str], png) -> None:
-    """Peak test accuracy against each swept key (PNG and SVG); only for a config with a sweep."""
+def sweep_figure(*, runs: Mapping[str, Mapping], facts: Mapping[str, str], swept_keys: Sequence[str], png) -> None:
+    """Writes ``png`` and its SVG beside it: peak test accuracy against each swept key (only for a
+    config with a sweep; ``runs``: the run table)."""
     from . import plots, replicates
 
     swept_keys = list(swept_keys)
     table = replicates.run_table(runs, swept_keys)
-    facts, _ = _read_runs(runs, facts_paths)
-    plots.plot_sweep(replicates.run_outcomes(table, facts), replicates.setting_stats(table, facts, swept_keys),
+    run_facts, _ = _read_runs(runs, facts)
+    plots.plot_sweep(replicates.run_outcomes(table, run_facts), replicates.setting_stats(table, run_facts, swept_keys),
                      swept_keys, plots.figure_paths(png))
 
 
-def run_figure(csv_path, facts_path, png, *, title: str) -> None:
+def run_figure(*, csv, facts, png, title: str) -> None:
+    """Writes ``png`` and its SVG beside it: one run's test accuracy per epoch (from its ``csv``),
+    its peak marked (from its ``facts``)."""
     import pandas as pd
 
     from . import metrics, plots
 
-    plots.plot_run(pd.read_csv(csv_path), metrics.read_json(facts_path), plots.figure_paths(png), title=title)
+    plots.plot_run(pd.read_csv(csv), metrics.read_json(facts), plots.figure_paths(png), title=title)
 
 
-def comparison_figure(csv_paths: Mapping[str, str], facts_paths: Mapping[str, str], reference, png) -> None:
+def comparison_figure(*, runs: Mapping[str, Mapping], csv: Mapping[str, str], facts: Mapping[str, str], reference,
+                      png) -> None:
+    """Writes ``png`` and its SVG beside it: every run's test accuracy per epoch against the
+    ``reference`` curve (``runs``: the run table, whose order the legend follows)."""
     from . import metrics, plots
 
-    facts, curves = _read_runs(csv_paths, facts_paths, csv_paths)
-    plots.plot_comparison(curves, facts, metrics.read_reference(reference), plots.figure_paths(png))
+    run_facts, curves = _read_runs(runs, facts, csv)
+    plots.plot_comparison(curves, run_facts, metrics.read_reference(reference), plots.figure_paths(png))
 
 
-def _class_record(history_path, predictions_path, data_path):
+def _class_record(history, predictions, data):
     """(history, test labels, checked predictions) of one run: the inputs of its per-class results."""
-    from . import classes, data
+    from . import classes
+    from . import data as datasets
     from . import history as histories
 
-    history = histories.read_history(history_path)
-    train_labels, test_labels = data.load_labels(data_path)
-    predictions = classes.read_predictions(predictions_path, len(history), len(test_labels),
-                                           validated=history[0]["val_acc"] is not None, train_images=len(train_labels))
-    return history, test_labels, predictions
+    records = histories.read_history(history)
+    train_labels, test_labels = datasets.load_labels(data)
+    record = classes.read_predictions(predictions, len(records), len(test_labels),
+                                      validated=records[0]["val_acc"] is not None, train_images=len(train_labels))
+    return records, test_labels, record
 
 
-def class_results(history_path, predictions_path, data_path, csv_path, png, *, title: str) -> None:
-    """One run's test accuracy per class and epoch (CSV) and its figure (PNG and SVG), from the
-    record of its predictions."""
+def class_results(*, history, predictions, data, csv, png, title: str) -> None:
+    """From a run's ``history``, its record of ``predictions`` and the ``data`` it trained on (for
+    the labels): writes ``csv``, its test accuracy per class and epoch, and ``png`` with its SVG
+    beside it, that table's figure."""
     from . import classes, metrics, plots
 
-    history, labels, predictions = _class_record(history_path, predictions_path, data_path)
-    table = classes.class_table(predictions["test"], labels)
-    metrics.write_csv(table, csv_path)
-    plots.plot_classes(table, metrics.run_facts(history)["peak_epoch"], plots.figure_paths(png), title=title)
-    log.info(f"wrote {csv_path} and its figure: {len(history)} epochs x {len(table) // len(history)} classes")
+    records, labels, record = _class_record(history, predictions, data)
+    table = classes.class_table(record["test"], labels)
+    metrics.write_csv(table, csv)
+    plots.plot_classes(table, metrics.run_facts(records)["peak_epoch"], plots.figure_paths(png), title=title)
+    log.info(f"wrote {csv} and its figure: {len(records)} epochs x {len(table) // len(records)} classes")
 
 
-def confusion_results(history_path, predictions_path, data_path, csv_path, png, *, title: str) -> None:
-    """One run's confusion counts at its peak and its last epoch (CSV, long form) and the two
-    matrices side by side (PNG and SVG), from the record of its predictions."""
+def confusion_results(*, history, predictions, data, csv, png, title: str) -> None:
+    """From a run's ``history``, its record of ``predictions`` and the ``data`` it trained on:
+    writes ``csv``, its confusion counts at its peak and its last epoch (long form), and ``png``
+    with its SVG beside it, the two matrices side by side."""
     from . import classes, metrics, plots
 
-    history, labels, predictions = _class_record(history_path, predictions_path, data_path)
-    table = classes.confusion_table(predictions["test"], labels, metrics.run_facts(history)["peak_epoch"])
-    metrics.write_csv(table, csv_path)
+    records, labels, record = _class_record(history, predictions, data)
+    table = classes.confusion_table(record["test"], labels, metrics.run_facts(records)["peak_epoch"])
+    metrics.write_csv(table, csv)
     blocks = [(which, *classes.confusion_matrix(table, which)) for which in dict.fromkeys(table["which"])]
     plots.plot_confusion(blocks, plots.figure_paths(png), title=title)
-    log.info(f"wrote {csv_path} and its figure: {', '.join(f'{w} epoch {e}' for w, e, _ in blocks)}")
+    log.info(f"wrote {csv} and its figure: {', '.join(f'{w} epoch {e}' for w, e, _ in blocks)}")
 
 
-def class_settings(runs: Mapping[str, Mapping], class_paths: Mapping[str, str], facts_paths: Mapping[str, str],
-                   out_csv) -> None:
-    """Per setting, epoch and class: the mean and sample sd of the class's test accuracy over the
-    setting's seeds (``runs``: the run table, as for :func:`summary`)."""
-    from . import classes, metrics, replicates
+def class_settings(*, runs: Mapping[str, Mapping], classes: Mapping[str, str], facts: Mapping[str, str],
+                   csv) -> None:
+    """From each run's ``classes`` table (the classes stage's CSV, by run) and ``facts``: writes
+    ``csv``, per setting, epoch and class the mean and sample sd of the class's test accuracy over
+    the setting's seeds (``runs``: the run table, as for :func:`summary`)."""
+    from . import classes as per_class
+    from . import metrics, replicates
 
     table = replicates.run_table(runs, swept_keys=None)
-    facts, tables = _read_runs(runs, facts_paths, class_paths)
-    stats = classes.class_settings(table, tables, facts)
-    metrics.write_csv(stats, out_csv)
-    log.info(f"wrote {out_csv}: {stats['setting'].nunique() if len(stats) else 0} setting(s)")
+    run_facts, tables = _read_runs(runs, facts, classes)
+    stats = per_class.class_settings(table, tables, run_facts)
+    metrics.write_csv(stats, csv)
+    log.info(f"wrote {csv}: {stats['setting'].nunique() if len(stats) else 0} setting(s)")

@@ -48,7 +48,8 @@ import torch
 
 from alexnet_cifar import bench, config, data, provenance, stages
 from alexnet_cifar.atomic import write_text
-from alexnet_cifar.history import HISTORY_FILE, read_history
+from alexnet_cifar.history import read_history
+from alexnet_cifar.layout import HISTORY_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -94,7 +95,7 @@ class Session:
         if not self.args.archive:
             subprocess.run([sys.executable, self.args.tool, str(archive), "--npz", self.args.jpeg], check=True)
         limits = {"limit_train": 10, "limit_test": 4} if self.args.tiny else {}
-        stages.prepare(archive, npz, **limits)
+        stages.prepare(archive=archive, out=npz, **limits)
         return npz
 
     def subset(self, npz: Path, train: int) -> Path:
@@ -147,7 +148,7 @@ class Session:
         timer = threading.Timer(max(1.0, min(self.left() - self.margin, seconds or math.inf)), stop_at_the_deadline)
         timer.start()
         try:
-            history = stages.train(settings, npz, out_dir, on_epoch=on_epoch)
+            history = stages.train(settings=settings, data_path=npz, out_dir=out_dir, on_epoch=on_epoch)
             return {"status": "ok", "history": history}
         except SystemExit as exc:
             if exc.code != 128 + signal.SIGTERM:

@@ -61,11 +61,11 @@ rule confusion:
 
 rule class_settings:
     input:
-        classes=outputs_of_every_run("{outdir}/metrics/classes/{run}.csv"),
-        facts=outputs_of_every_run("{outdir}/metrics/{run}.facts.json"),
+        classes=outputs_of_every_run(rules.classes.output.csv),
+        facts=outputs_of_every_run(rules.metrics.output.facts),
     output:
         csv=report(
-            workflow_file("metrics/classes_by_setting.csv"),
+            workflow_file("class_settings", "csv"),
             caption="../report/classes_by_setting.rst",
             category="Per class",
             subcategory="all settings",

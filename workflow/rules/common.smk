@@ -2,7 +2,8 @@ import os
 import re
 
 # The Snakefile put src/ on sys.path; the config module reads configs without importing torch.
-from alexnet_cifar.config import WORKFLOW_FILES, differences_from_protocol, expand_runs
+from alexnet_cifar.config import differences_from_protocol, expand_runs
+from alexnet_cifar.layout import RUN_FILES, RUN_FOLDER, RUN_METRICS, WORKFLOW_FILES
 
 # Normalised, so that targets spelled like the config (results/x, ./results/x) match the rules.
 OUTDIR = os.path.normpath(config["outdir"])
@@ -41,32 +42,38 @@ def run_table():
     return {name: run.table_row() for name, run in RUNS.items()}
 
 
-def workflow_file(path):
-    """{outdir}/path for one of the workflow's own files beside the per-run files; named only from
-    WORKFLOW_FILES, whose stems are refused as run names (config.reserved_run_names)."""
-    if path not in WORKFLOW_FILES:
-        raise ValueError(f"{path} is not in alexnet_cifar.config.WORKFLOW_FILES: add it there")
-    return f"{OUTDIR}/{path}"
+def run_file(output):
+    """{outdir}/runs/{run}/ and the name alexnet_cifar.layout.RUN_FILES gives the train rule's ``output``."""
+    return f"{OUTDIR}/{RUN_FOLDER}/{RUN_FILES[output]}"
+
+
+def run_metrics_file(output):
+    """{outdir}/metrics/ and the name alexnet_cifar.layout.RUN_METRICS gives the metrics rule's ``output``."""
+    return f"{OUTDIR}/metrics/{RUN_METRICS[output]}"
+
+
+def workflow_file(rule, output):
+    """{outdir}/ and the path alexnet_cifar.layout.WORKFLOW_FILES gives ``rule``'s ``output``: one of
+    the workflow's own files, beside the per-run files, whose stems are refused as run names
+    (config.reserved_run_names)."""
+    return f"{OUTDIR}/{WORKFLOW_FILES[rule][output]}"
 
 
 def outputs_of_every_run(pattern):
-    return [pattern.format(outdir=OUTDIR, run=run) for run in RUNS]
+    """``pattern`` (a rule's output with the wildcard {run}) for every run, in the runs' order."""
+    return expand(pattern, run=list(RUNS))
 
 
 def all_targets():
-    """Every output of every rule: a deleted file is rebuilt by a plain ``snakemake``."""
+    """Every output of every rule: a deleted file is rebuilt by a plain ``snakemake``. Called after
+    every rule file is included (it reads their outputs)."""
     per_run = [
-        "runs/{run}/history.jsonl",
-        "runs/{run}/model.pt",
-        "runs/{run}/run.json",
-        "runs/{run}/predictions.npz",
-        "figures/{run}.png",
-        "figures/classes/{run}.png",
-        "figures/confusion/{run}.png",
+        *rules.train.output,
+        rules.run_figure.output.png,
+        rules.classes.output.png,
+        rules.confusion.output.png,
     ]
-    targets = [path for pattern in per_run for path in outputs_of_every_run(f"{{outdir}}/{pattern}")]
-    own = ["metrics/summary.csv", "metrics/summary.md", "metrics/replicates.csv", "metrics/settings.csv"]
-    own += ["metrics/classes_by_setting.csv"]
-    own += ["figures/comparison.png", "figures/replicates.png", *(["figures/sweep.png"] if SWEPT_KEYS else [])]
-    targets += [workflow_file(path) for path in own]
+    targets = [path for pattern in per_run for path in outputs_of_every_run(pattern)]
+    own = [rule for rule in WORKFLOW_FILES if rule != "sweep_figure" or SWEPT_KEYS]
+    targets += [workflow_file(rule, output) for rule in own for output in WORKFLOW_FILES[rule]]
     return targets

@@ -37,13 +37,13 @@ rule run_figure:
 
 rule comparison_figure:
     input:
-        csv=outputs_of_every_run("{outdir}/metrics/{run}.csv"),
-        facts=outputs_of_every_run("{outdir}/metrics/{run}.facts.json"),
+        csv=outputs_of_every_run(rules.metrics.output.csv),
+        facts=outputs_of_every_run(rules.metrics.output.facts),
         reference=config["reference_curve"],
     output:
-        png=workflow_file("figures/comparison.png"),
+        png=workflow_file("comparison_figure", "png"),
         svg=report(
-            workflow_file("figures/comparison.svg"),
+            workflow_file("comparison_figure", "svg"),
             caption="../report/comparison.rst",
             category="Figures",
             subcategory="all runs",
@@ -54,20 +54,20 @@ rule comparison_figure:
     conda:
         ENV
     params:
-        runs=list(RUNS),
+        runs=run_table(),
     script:
         "../scripts/comparison_figure.py"
 
 
 rule replicates_figure:
     input:
-        csv=outputs_of_every_run("{outdir}/metrics/{run}.csv"),
-        facts=outputs_of_every_run("{outdir}/metrics/{run}.facts.json"),
+        csv=outputs_of_every_run(rules.metrics.output.csv),
+        facts=outputs_of_every_run(rules.metrics.output.facts),
         reference=config["reference_curve"],
     output:
-        png=workflow_file("figures/replicates.png"),
+        png=workflow_file("replicates_figure", "png"),
         svg=report(
-            workflow_file("figures/replicates.svg"),
+            workflow_file("replicates_figure", "svg"),
             caption="../report/replicates.rst",
             category="Figures",
             subcategory="seeds",
@@ -85,11 +85,11 @@ rule replicates_figure:
 
 rule sweep_figure:
     input:
-        facts=outputs_of_every_run("{outdir}/metrics/{run}.facts.json"),
+        facts=outputs_of_every_run(rules.metrics.output.facts),
     output:
-        png=workflow_file("figures/sweep.png"),
+        png=workflow_file("sweep_figure", "png"),
         svg=report(
-            workflow_file("figures/sweep.svg"),
+            workflow_file("sweep_figure", "svg"),
             caption="../report/sweep.rst",
             category="Figures",
             subcategory="sweep",

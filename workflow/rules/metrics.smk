@@ -9,10 +9,10 @@ localrules:
 
 rule metrics:
     input:
-        rules.train.output.history,
+        history=rules.train.output.history,
     output:
-        csv=f"{OUTDIR}/metrics/{{run}}.csv",
-        facts=f"{OUTDIR}/metrics/{{run}}.facts.json",
+        csv=run_metrics_file("csv"),
+        facts=run_metrics_file("facts"),
     log:
         f"{OUTDIR}/logs/metrics/{{run}}.log",
     conda:
@@ -23,19 +23,19 @@ rule metrics:
 
 rule summary:
     input:
-        facts=outputs_of_every_run("{outdir}/metrics/{run}.facts.json"),
-        csv=outputs_of_every_run("{outdir}/metrics/{run}.csv"),
+        facts=outputs_of_every_run(rules.metrics.output.facts),
+        csv=outputs_of_every_run(rules.metrics.output.csv),
         reference=config["reference_curve"],
     output:
-        csv=report(
-            workflow_file("metrics/summary.csv"),
+        summary_csv=report(
+            workflow_file("summary", "summary_csv"),
             caption="../report/summary.rst",
             category="Summary",
         ),
-        md=workflow_file("metrics/summary.md"),
-        replicates=workflow_file("metrics/replicates.csv"),
-        settings=report(
-            workflow_file("metrics/settings.csv"),
+        summary_md=workflow_file("summary", "summary_md"),
+        replicates_csv=workflow_file("summary", "replicates_csv"),
+        settings_csv=report(
+            workflow_file("summary", "settings_csv"),
             caption="../report/settings.rst",
             category="Summary",
         ),

@@ -1,15 +1,15 @@
-# One training job per run, each holding one GPU. The checkpoint (runs/{run}/checkpoint.pt) is not
-# an output: Snakemake deletes outputs before a job starts, and the checkpoint must survive to resume.
+# One training job per run, each holding one GPU; its files are named in alexnet_cifar.layout. The
+# checkpoint (runs/{run}/checkpoint.pt) is not an output: Snakemake deletes outputs before a job starts, and the checkpoint must survive to resume.
 
 
 rule train:
     input:
         data=rules.prepare.output[0],
     output:
-        history=f"{OUTDIR}/runs/{{run}}/history.jsonl",
-        model=f"{OUTDIR}/runs/{{run}}/model.pt",
-        provenance=f"{OUTDIR}/runs/{{run}}/run.json",
-        predictions=f"{OUTDIR}/runs/{{run}}/predictions.npz",
+        history=run_file("history"),
+        model=run_file("model"),
+        provenance=run_file("provenance"),
+        predictions=run_file("predictions"),
     log:
         f"{OUTDIR}/logs/train/{{run}}.log",
     benchmark:

@@ -4,5 +4,5 @@ from alexnet_cifar import stages
 
 runs = snakemake.params.runs
 with stages.job(snakemake.log[0]):
-    stages.class_settings(runs, dict(zip(runs, snakemake.input.classes, strict=True)),
-                          dict(zip(runs, snakemake.input.facts, strict=True)), snakemake.output.csv)
+    stages.class_settings(runs=runs, classes=dict(zip(runs, snakemake.input.classes, strict=True)),
+                          facts=dict(zip(runs, snakemake.input.facts, strict=True)), csv=snakemake.output.csv)

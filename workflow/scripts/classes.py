@@ -3,5 +3,6 @@ import package_path  # noqa: F401
 from alexnet_cifar import stages
 
 with stages.job(snakemake.log[0]):
-    stages.class_results(snakemake.input.history, snakemake.input.predictions, snakemake.input.data,
-                         snakemake.output.csv, snakemake.output.png, title=snakemake.params.title)
+    stages.class_results(history=snakemake.input.history, predictions=snakemake.input.predictions,
+                         data=snakemake.input.data, csv=snakemake.output.csv, png=snakemake.output.png,
+                         title=snakemake.params.title)

@@ -4,6 +4,6 @@ from alexnet_cifar import stages
 
 runs = snakemake.params.runs
 with stages.job(snakemake.log[0]):
-    stages.comparison_figure(dict(zip(runs, snakemake.input.csv, strict=True)),
-                             dict(zip(runs, snakemake.input.facts, strict=True)), snakemake.input.reference,
-                             snakemake.output.png)
+    stages.comparison_figure(runs=runs, csv=dict(zip(runs, snakemake.input.csv, strict=True)),
+                             facts=dict(zip(runs, snakemake.input.facts, strict=True)),
+                             reference=snakemake.input.reference, png=snakemake.output.png)
