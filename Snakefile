@@ -7,7 +7,9 @@ import sys
 from snakemake.utils import min_version, validate
 
 min_version("8.0")
-sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+# This file's own folder, not workflow.basedir: used as a module from another workflow, basedir is
+# that workflow's folder, and the job graph would be built by whichever alexnet_cifar is installed.
+sys.path.insert(0, os.path.join(str(workflow.current_basedir), "src"))
 # Both torch-free: building the job graph (a dry run, a cluster's login node) never imports torch.
 from alexnet_cifar.config import SettingsError, check_config, numbers_from_text, schema_file  # noqa: E402
 from alexnet_cifar.metrics import CurveError, read_reference  # noqa: E402

@@ -8,23 +8,13 @@ count and the first non-finite step on the device, reading them once per epoch (
 resize, forward, loss, one ``loss.backward()``, one SGD update) as one CUDA graph and replays it.
 The CPU runs the same step eagerly.
 
-Measured (``docs/gpu/bench.md``; NVIDIA H200, 2026-11-26, commit d7d8525, which had this step;
-the torch version was not recorded then, the GPU script records it now)::
-
-    python -m alexnet_cifar bench --data cifar10.npz --models paper,torchvision --steps 400 \\
-        --warmup 50 --device cuda --loops plain,engine,engine-eager,engine+bf16+channels_last
-
-    ms/step      plain   engine (graph)   engine, eager
-    paper        4.98    1.61             3.91
-    torchvision  4.81    1.63             3.75
-
-The graph and eager paths trained alike over two epochs with evaluation between them
-(``docs/gpu/graph_vs_eager.json``). The update is PyTorch's multi-tensor (foreach) SGD, the one
-measured there; the fused kernel (``fused_sgd``) is an option until a GPU shows it faster inside
-the graph. Checkpoints: :mod:`alexnet_cifar.checkpoint`. Training recipes (augmentation inside the
-step, the learning rate of each epoch, the paper's initialisation): :mod:`alexnet_cifar.recipes`;
-a validation split held out of the training images is evaluated with the test set after every
-epoch.
+How fast this step is against a plain training loop, and how alike the graph and eager paths
+train, with the device, torch version and command: ``docs/speed.md``. The update is PyTorch's
+multi-tensor (foreach) SGD, the one measured there; the fused kernel (``fused_sgd``) is an option
+until a GPU shows it faster inside the graph. Checkpoints: :mod:`alexnet_cifar.checkpoint`.
+Training recipes (augmentation inside the step, the learning rate of each epoch, the paper's
+initialisation): :mod:`alexnet_cifar.recipes`; a validation split held out of the training images
+is evaluated with the test set after every epoch.
 """
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ import check_graph_vs_eager  # noqa: E402
 
 log = logging.getLogger("alexnet_cifar")
 PARTS = (1, 2, 3, 4, 5, 6)
-#: seconds a part needs at least on an H100 (measured on the H200: README, "Speed"; part 6: one
+#: seconds a part needs at least on an H100 (measured on the H200: docs/speed.md; part 6: one
 #: epoch of each ladder run, estimated in docs/gpu/ladder-estimate.md); a part that does not fit in
 #: the time left is skipped, not started
 NEEDS = {1: 90, 2: 120, 3: 180, 4: 150, 5: 60, 6: 240}
@@ -187,7 +187,7 @@ class Session:
 
     def ladder_bench(self, steps: int, warmup: int) -> list[dict]:
         """The step of each ladder run (its model, batch size and recipe; bf16 and channels-last
-        where it has them), timed by the bench: what the README's ladder table estimates. The
+        where it has them), timed by the bench: what the ladder table of docs/ladder.md estimates. The
         bench's files go to the work folder (OUT holds at most 8), its rows into session.json."""
         rows = []
         for run in LADDER_RUNS:

@@ -3,12 +3,6 @@
 # folders of their own. Seconds of work each: local on a cluster.
 
 
-localrules:
-    classes,
-    confusion,
-    class_settings,
-
-
 rule classes:
     input:
         history=rules.train.output.history,
@@ -26,6 +20,7 @@ rule classes:
         ),
     log:
         f"{OUTDIR}/logs/classes/{{run}}.log",
+    localrule: True
     conda:
         ENV
     params:
@@ -51,6 +46,7 @@ rule confusion:
         ),
     log:
         f"{OUTDIR}/logs/confusion/{{run}}.log",
+    localrule: True
     conda:
         ENV
     params:
@@ -72,6 +68,7 @@ rule class_settings:
         ),
     log:
         f"{OUTDIR}/logs/metrics/classes_by_setting.log",
+    localrule: True
     conda:
         ENV
     params:

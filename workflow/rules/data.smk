@@ -2,15 +2,12 @@
 # The URL is not a param: switching to a mirror with the same MD5 retrains nothing.
 
 
-localrules:
-    download,
-
-
 rule download:
     output:
         f"{DATADIR}/cifar-10-python.tar.gz",
     log:
         f"{OUTDIR}/logs/download.log",
+    localrule: True
     conda:
         ENV
     params:

@@ -3,13 +3,6 @@
 # Each is saved as PNG (to look at) and SVG (what the HTML report shows). Local on a cluster.
 
 
-localrules:
-    run_figure,
-    comparison_figure,
-    replicates_figure,
-    sweep_figure,
-
-
 rule run_figure:
     input:
         csv=rules.metrics.output.csv,
@@ -25,6 +18,7 @@ rule run_figure:
         ),
     log:
         f"{OUTDIR}/logs/figures/{{run}}.log",
+    localrule: True
     conda:
         ENV
     params:
@@ -51,6 +45,7 @@ rule comparison_figure:
         ),
     log:
         f"{OUTDIR}/logs/figures/comparison.log",
+    localrule: True
     conda:
         ENV
     params:
@@ -75,6 +70,7 @@ rule replicates_figure:
         ),
     log:
         f"{OUTDIR}/logs/figures/replicates.log",
+    localrule: True
     conda:
         ENV
     params:
@@ -97,6 +93,7 @@ rule sweep_figure:
         ),
     log:
         f"{OUTDIR}/logs/figures/sweep.log",
+    localrule: True
     conda:
         ENV
     params:

@@ -2,11 +2,6 @@
 # cluster they run where Snakemake runs rather than waiting in the queue.
 
 
-localrules:
-    metrics,
-    summary,
-
-
 rule metrics:
     input:
         history=rules.train.output.history,
@@ -15,6 +10,7 @@ rule metrics:
         facts=run_metrics_file("facts"),
     log:
         f"{OUTDIR}/logs/metrics/{{run}}.log",
+    localrule: True
     conda:
         ENV
     script:
@@ -41,6 +37,7 @@ rule summary:
         ),
     log:
         f"{OUTDIR}/logs/metrics/summary.log",
+    localrule: True
     conda:
         ENV
     params:
