@@ -2,7 +2,8 @@
 
 :func:`save` writes it after every epoch; :func:`resume` takes it back all or nothing. Every part
 (model, optimizer, RNG states (the augmentation's included), history, step count, the learning-rate
-schedule's state and the current lr, the predictions so far) is read and checked into fresh objects
+schedule's state and the current lr, the predictions so far, the mean image of ``input_norm:
+paper``) is read and checked into fresh objects
 first, and the trainer changes only once all of them passed. A checkpoint that fails any check is set
 aside (``checkpoint.set-aside-*.pt``) with a log line naming the part, and the run starts exactly
 as if there had been none.
@@ -20,10 +21,10 @@ import torch
 
 from . import history
 from .atomic import atomic_path
-from .recipes import LrSchedule
 
 if TYPE_CHECKING:
     from .engine import Trainer
+    from .recipes import LrSchedule
 
 #: 4: with the augmentation generator, the schedule's state, the lr and the predictions. (3 had one
 #: optimizer state; 2 one per part of a cut backward pass; 1 came before it.)
@@ -45,6 +46,7 @@ def state(trainer: Trainer, fingerprint: str) -> dict:
                 "augment": None if trainer.augment.generator is None else trainer.augment.generator.get_state()},
         "schedule": trainer.schedule.state_dict(), "lr": trainer.lr,
         "predictions": {split: torch.stack(rows) if rows else None for split, rows in trainer.predictions.items()},
+        "input_norm": trainer.input_norm.state_dict(),
     }
 
 
@@ -98,6 +100,7 @@ def _checked_parts(ck: Any, trainer: Trainer, fingerprint: str) -> dict:
         "history": history_part,
         "schedule": _checked_schedule(ck, trainer, history_part["records"]),
         "predictions": _checked_predictions(ck["predictions"], trainer, len(history_part["records"])),
+        "input_norm": trainer.input_norm.check_state(ck.get("input_norm")),  # absent in format 4 before it
     }
 
 
@@ -132,7 +135,7 @@ def _checked_optimizer(saved: Any, trainer: Trainer, model: torch.nn.Module) -> 
     if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
         raise CheckpointError("its optimizer is not an optimizer state dict")
     optimizer = trainer.make_optimizer(model)
-    params = list(model.parameters())
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # the state's numbering
     momenta = saved["state"]
     # After an epoch every parameter has its momentum buffer; SGD without momentum keeps none.
     wanted = set(range(len(params))) if trainer.s.momentum else set()
@@ -192,7 +195,7 @@ def _checked_schedule(ck: dict, trainer: Trainer, records: list[dict]) -> LrSche
     """The learning-rate schedule after the checkpoint's epochs, replayed from its history (each
     epoch's lr must be the schedule's); the saved state and lr must be what the replay gives."""
     try:
-        schedule = LrSchedule.replayed(trainer.s, records)
+        schedule = type(trainer.schedule).replayed(trainer.s, records)
     except ValueError as exc:
         raise CheckpointError(f"its history does not follow the lr schedule: {exc}") from None
     if ck["schedule"] != schedule.state_dict():
@@ -243,3 +246,4 @@ def _apply(parts: dict, trainer: Trainer) -> None:
     trainer.schedule = parts["schedule"]
     trainer.set_lr(trainer.history[-1]["lr"])
     trainer.predictions = parts["predictions"]
+    trainer.input_norm.apply_state(parts["input_norm"])

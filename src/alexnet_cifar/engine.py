@@ -93,11 +93,14 @@ def configure_determinism(deterministic: bool, device: torch.device) -> None:
 
 
 def to_model_input(images_u8: torch.Tensor, size: int, channels_last: bool = False,
-                   augment: recipes.Augmenter | None = None) -> torch.Tensor:
-    """uint8 NCHW 32x32 -> float in [-1, 1] (ToTensor + Normalize(0.5, 0.5)), bilinear to size x size;
-    with ``augment``, the batch is augmented at 32x32 on its way to [-1, 1]."""
+                   augment: recipes.Augmenter | None = None, norm: recipes.InputNorm | None = None) -> torch.Tensor:
+    """uint8 NCHW 32x32 -> the model's input at 32x32 (``norm``; without it, float in [-1, 1]:
+    ToTensor + Normalize(0.5, 0.5)), bilinear to size x size; with ``augment``, the batch is
+    augmented at 32x32 on its way there (``augment.norm`` then makes the input)."""
     if augment is not None and augment.active:
         x = augment(images_u8)
+    elif norm is not None:
+        x = norm(images_u8)
     else:
         x = images_u8.float().mul_(2.0 / 255.0).sub_(1.0)
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
@@ -171,7 +174,7 @@ class Trainer:
             self.val_x = torch.as_tensor(train_images[self.val_index]).to(device)
             self.val_y = torch.as_tensor(train_labels[self.val_index], dtype=torch.int64).to(device)
             train_images, train_labels = train_images[keep], train_labels[keep]
-        if len(train_labels) < settings.batch_size:
+        if settings.validation_images and len(train_labels) < settings.batch_size:
             raise SettingsError(
                 f"validation_images: {settings.validation_images} held out leaves {len(train_labels)} training "
                 f"image(s), fewer than one batch of {settings.batch_size}; lower validation_images or batch_size")
@@ -179,7 +182,8 @@ class Trainer:
         self.train_y = torch.as_tensor(train_labels, dtype=torch.int64).to(device)
         self.test_x = torch.as_tensor(data.test_images).to(device)
         self.test_y = torch.as_tensor(data.test_labels, dtype=torch.int64).to(device)
-        self.augment = recipes.Augmenter(settings, train_images, device)
+        self.input_norm = recipes.InputNorm(settings, train_images, device)  # the mean image of the trained ones
+        self.augment = recipes.Augmenter(settings, train_images, device, self.input_norm)
         self.schedule = recipes.LrSchedule(settings)
         self.totals = EpochTotals(device)
         self.batch_idx = torch.zeros(settings.batch_size, dtype=torch.int64, device=device)
@@ -192,10 +196,12 @@ class Trainer:
         self.warmup_left = 3  # eager steps before capturing the CUDA graph
 
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.SGD:
-        """SGD with this run's settings over ``model`` (the checkpoint loader builds one too)."""
+        """SGD with this run's settings over ``model`` (the checkpoint loader builds one too), its
+        parameter groups as ``bias_decay`` says (:func:`recipes.parameter_groups`)."""
         s = self.s
-        return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
-                               nesterov=s.nesterov, fused=s.fused_sgd, foreach=not s.fused_sgd)
+        return torch.optim.SGD(recipes.parameter_groups(model, s), lr=s.lr, momentum=s.momentum,
+                               weight_decay=s.weight_decay, nesterov=s.nesterov, fused=s.fused_sgd,
+                               foreach=not s.fused_sgd)
 
     @property
     def lr(self) -> float:
@@ -231,7 +237,8 @@ class Trainer:
         """One SGD step on the images at ``idx`` (augmented, if the recipe says so); everything it
         produces stays on the device."""
         t = self.totals
-        x = to_model_input(self.train_x.index_select(0, idx), self.input_size, self.s.channels_last, self.augment)
+        x = to_model_input(self.train_x.index_select(0, idx), self.input_size, self.s.channels_last, self.augment,
+                           self.input_norm)
         y = self.train_y.index_select(0, idx)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
@@ -311,8 +318,10 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, split: str = "test") -> Evaluation:
         """Mean cross-entropy (without label smoothing), accuracy (%) and predictions on the
-        ``test`` or ``val`` split, in large batches, dropout off; with ``tta_flip`` each image's
-        logits are averaged with its mirror's."""
+        ``test`` or ``val`` split, in large batches, dropout off, the input made as the training's
+        (the same mean image under ``input_norm: paper``); with ``tta_flip`` each image's logits are
+        averaged with its mirror's (under ``paper`` the mirrored image less m, as a flip in
+        training gives it, not the mirror of x - m)."""
         images, labels = (self.test_x, self.test_y) if split == "test" else (self.val_x, self.val_y)
         self.model.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -320,12 +329,15 @@ class Trainer:
         predicted = torch.empty(len(labels), dtype=torch.int64, device=self.device)
         n, eb = images.shape[0], self.s.eval_batch_size
         for start in range(0, n, eb):
-            x = to_model_input(images[start:start + eb], self.input_size, self.s.channels_last)
+            batch = images[start:start + eb]
+            x = to_model_input(batch, self.input_size, self.s.channels_last, norm=self.input_norm)
             y = labels[start:start + eb]
             with self._autocast():
                 logits = self.model(x).float()
                 if self.s.tta_flip:
-                    logits = 0.5 * (logits + self.model(x.flip(-1)).float())
+                    mirrored = x.flip(-1) if self.input_norm.mean is None else to_model_input(
+                        batch.flip(-1), self.input_size, self.s.channels_last, norm=self.input_norm)
+                    logits = 0.5 * (logits + self.model(mirrored).float())
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             predicted[start:start + eb] = logits.argmax(1)
             correct += (predicted[start:start + eb] == y).sum()
