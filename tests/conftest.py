@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import functools
 import http.server
+import os
 import sys
 import threading
 import urllib.parse
@@ -12,15 +13,22 @@ from pathlib import Path
 
 import pytest
 
+from alexnet_cifar import stand_in
+
 sys.path.insert(0, str(Path(__file__).parent))  # tests import the cifar_archive helper module
 
 import tiny_model  # noqa: E402
 from cifar_archive import build_archive  # noqa: E402
 
+# The stand-in AlexNet (alexnet_cifar.stand_in) for the whole session: set here, in the environment,
+# so that every subprocess (Snakemake, its jobs, SLURM's, the CLI, the GPU script's dry run) inherits
+# it, under plain `pytest` as under `make test`. A test that needs it off deletes the variable.
+os.environ[stand_in.SWITCH] = "1"
+
 
 @pytest.fixture
 def tiny():
-    """The name of a small stand-in AlexNet (tests/tiny_model.py), registered for the test."""
+    """The name of the stand-in AlexNet (tests/tiny_model.py)."""
     with tiny_model.registered() as name:
         yield name
 

@@ -26,9 +26,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from . import stand_in
 from .errors import UserError
 
 #: The schema, as package data: the package works installed anywhere, not only from this checkout.
@@ -39,11 +40,36 @@ class SettingsError(UserError, ValueError):
     """A run's settings or the workflow's config break a rule; the message names the key."""
 
 
-@functools.cache
 def schema() -> dict[str, Any]:
+    """The schema, with the test suite's stand-in model among the models while its switch is on."""
+    return _schema(stand_in.enabled())
+
+
+@functools.cache
+def _schema(with_stand_in: bool) -> dict[str, Any]:
     import yaml
 
-    return yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+    loaded = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+    if with_stand_in:
+        loaded["definitions"]["run"]["allOf"][1]["properties"]["model"]["enum"].append(stand_in.NAME)
+    return loaded
+
+
+def schema_file() -> str:
+    """The path that the Snakefile's ``validate`` reads: the shipped schema, or, while the test
+    suite's stand-in is switched on, a copy of it that lists the stand-in among the models
+    (``snakemake.utils.validate`` takes a file, not a dict), written once per schema content."""
+    if not stand_in.enabled():
+        return str(SCHEMA)
+    import tempfile
+
+    text = json.dumps(schema(), sort_keys=True)
+    path = Path(tempfile.gettempdir()) / f"alexnet-cifar-schema-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    if not path.exists():
+        from .atomic import write_text
+
+        write_text(path, text)
+    return str(path)
 
 
 @functools.cache
