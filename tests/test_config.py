@@ -97,28 +97,6 @@ def test_only_result_settings_change_the_fingerprint():
     assert base.fingerprint("m") != base.fingerprint("other data")
 
 
-#: The settings added after runs had finished without them, and the defaults that give the numbers
-#: of the code before them. A finished run at such a default keeps its params, so changing one of
-#: these defaults would silently take results made with the old value for the new one: never do it.
-OMITTED_AT_DEFAULT = {"input_norm": "half", "bias_decay": True}
-
-
-def test_the_settings_added_later_keep_their_defaults_and_define_results():
-    assert {key: config.DEFAULTS[key] for key in config.omitted_at_default()} == OMITTED_AT_DEFAULT
-    assert all(config.train_schema()[key]["defines_result"] for key in OMITTED_AT_DEFAULT)
-
-
-def test_a_setting_added_later_enters_params_and_fingerprint_only_away_from_its_default():
-    base = RunSettings.from_mapping({"model": "paper"})
-    explicit = RunSettings.from_mapping({"model": "paper", **OMITTED_AT_DEFAULT})
-    assert not set(OMITTED_AT_DEFAULT) & set(base.result_params())
-    assert explicit.result_params() == base.result_params() and explicit.fingerprint("m") == base.fingerprint("m")
-    for key, value in {"input_norm": "paper", "bias_decay": False}.items():
-        changed = RunSettings.from_mapping({"model": "paper", key: value})
-        assert list(changed.result_params()) == [*base.result_params(), key]  # at the end, in schema order
-        assert changed.result_params()[key] == value and changed.fingerprint("m") != base.fingerprint("m")
-
-
 def test_the_paper_s_input_and_weight_decay_are_options():
     parser = cli.build_parser()
     args = parser.parse_args(["train", "--data", "d", "--model", "paper", "--out", "o", "--input-norm", "paper",
