@@ -2,7 +2,9 @@
 initialisation, the validation split, and how the engine uses them."""
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,8 @@ from alexnet_cifar.data import CLASSES, Cifar10Arrays, DataError, validation_spl
 from alexnet_cifar.engine import Evaluation, Trainer, fit
 from alexnet_cifar.models import build_model
 from alexnet_cifar.recipes import Augmenter, LrSchedule, paper_init, rgb_pca, shift_images
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def arrays(n_train=8, n_test=4, seed=0) -> Cifar10Arrays:
@@ -209,6 +213,23 @@ def test_under_paper_the_colour_noise_is_255_times_that_of_half_added_before_the
     alphas = torch.randn(32, 3, generator=draws).mul_(0.1)
     noise = (alphas @ augmenters["paper"].pca_scale).mul_(255.0)
     assert torch.equal(outs["paper"], (x + noise[:, :, None, None]) - m)
+
+
+def test_the_init_signal_page_s_script_writes_a_row_per_model_and_init(tmp_path, tiny_archive):
+    """docs/cpu/paper_init_signal.py, on 2 images of the tiny archive: its table is what it says,
+    and the paper's input moves the logits more than the write-up's."""
+    from alexnet_cifar.data import prepare
+
+    prepare(tiny_archive[0], tmp_path / "tiny.npz")
+    spec = importlib.util.spec_from_file_location("paper_init_signal", REPO / "docs/cpu/paper_init_signal.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--data", str(tmp_path / "tiny.npz"), "--images", "2", "--out", str(tmp_path / "page.md")])
+    rows = [line.split("|")[1:-1] for line in (tmp_path / "page.md").read_text().splitlines()
+            if line.startswith("| ") and line.split("|")[3].strip()[:1].isdigit()]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [(m, i) for m in ("paper", "paper-lrn", "torchvision")
+                                                            for i in ("default", "paper")]
+    assert all(float(r[3]) > float(r[2]) for r in rows)  # across images: paper's input over half's
 
 
 # -- schedules --------------------------------------------------------------------------------
