@@ -108,8 +108,10 @@ class InputNorm:
         return mean
 
     def apply_state(self, mean: torch.Tensor | None) -> None:
-        """Take a checked mean image (:meth:`check_state`): the one this run computed itself."""
-        self.mean = None if mean is None else mean.to(self.mean.device)
+        """Take a checked mean image (:meth:`check_state`; equal to the one this run computed),
+        into the same tensor: a captured CUDA graph reads that one."""
+        if mean is not None:
+            self.mean.copy_(mean)
 
 
 # -- augmentation -----------------------------------------------------------------------------
