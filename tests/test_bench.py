@@ -94,7 +94,8 @@ def test_a_ladder_rung_s_step_is_timed_at_its_batch_size_and_recipe(tiny_npz, tm
     out = tmp_path / "out"
     code = cli.main(["bench", "--data", str(tiny_npz), "--models", "torchvision", "--loops", "engine", "--steps", "1",
                      "--warmup", "0", "--device", "cpu", "--out", str(out), "--batch-size", "8", "--augment-flip",
-                     "--augment-translate", "4", "--validation-images", "4", "--label-smoothing", "0.1"])
+                     "--augment-translate", "4", "--validation-images", "4", "--label-smoothing", "0.1",
+                     "--input-norm", "paper", "--no-bias-decay"])
     assert code == 0
     (row,) = pd.read_csv(out / "bench.csv").to_dict("records")
     assert row["batch_size"] == 8 and row["images_per_s"] == pytest.approx(8000 / row["ms_per_step"])
@@ -102,7 +103,8 @@ def test_a_ladder_rung_s_step_is_timed_at_its_batch_size_and_recipe(tiny_npz, tm
     assert row["protocol_minutes"] == pytest.approx(50 * row["epoch_minutes"])
     markdown = (out / "bench.md").read_text()
     assert "batch 8" in markdown and "6,250 steps (one epoch)" in markdown
-    assert "Recipe: augment_flip true, augment_translate 4, label_smoothing 0.1, validation_images 4." in markdown
+    assert ("Recipe: augment_flip true, augment_translate 4, label_smoothing 0.1, validation_images 4, "
+            "input_norm paper, bias_decay false." in markdown)
     with pytest.raises(SystemExit) as stop:  # checked as train checks its options
         cli.main(["bench", "--data", str(tiny_npz), "--steps", "1", "--device", "cpu", "--out", str(out),
                   "--lr-schedule", "plateau"])

@@ -97,6 +97,16 @@ def test_only_result_settings_change_the_fingerprint():
     assert base.fingerprint("m") != base.fingerprint("other data")
 
 
+def test_the_paper_s_input_and_weight_decay_are_options():
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "--data", "d", "--model", "paper", "--out", "o", "--input-norm", "paper",
+                              "--no-bias-decay"])
+    settings = cli.settings_from(args)
+    assert (settings.input_norm, settings.bias_decay) == ("paper", False)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--data", "d", "--model", "paper", "--out", "o", "--input-norm", "imagenet"])
+
+
 # -- runs, seeds and sweeps -------------------------------------------------------------------------
 
 def test_a_config_without_seeds_or_sweep_keeps_its_run_names_and_settings():
@@ -171,6 +181,10 @@ def test_seeds_cross_the_sweep_in_the_order_given():
     ({"train": {"lr_schedule": "linear"}},
      "train.lr_schedule: 'linear' is not allowed; allowed values: constant, step, plateau, cosine"),
     ({"train": {"validation_images": -1}}, "train.validation_images: -1 is less than the minimum of 0"),
+    ({"train": {"input_norm": "imagenet"}}, "train.input_norm: 'imagenet' is not allowed; allowed values: half, paper"),
+    ({"runs": {"paper": {"model": "paper", "bias_decay": "no decay"}}},
+     "runs.paper.bias_decay: 'no decay' is not of type 'boolean'"),
+    ({"train": {"bias_decay": 0}}, "train.bias_decay: 0 is not of type 'boolean'"),
     ({"train": {"lr_schedule": "plateau", "validation_images": 10, "lr_patience": 0}},
      "train.lr_patience: 0 is less than the minimum of 1"),
 ])
@@ -189,12 +203,13 @@ def test_the_ladder_s_rungs_are_the_write_up_s_protocol_the_paper_s_recipe_and_a
             paper_recipe.lr_schedule, paper_recipe.lr_max_drops, paper_recipe.augment_pca_colour,
             paper_recipe.augment_translate, paper_recipe.validation_images, paper_recipe.tta_flip,
             paper_recipe.epochs) == ("paper-lrn", "paper", 128, 0.01, 0.0005, "plateau", 3, 0.1, 4, 5000, True, 90)
+    assert (paper_recipe.input_norm, paper_recipe.bias_decay) == ("paper", False)  # the paper's input and decay
     nolrn = settings["paper-recipe-nolrn-seed0"]
     assert nolrn.model == "paper" and dataclasses.replace(nolrn, model="paper-lrn") == settings["paper-recipe-seed0"]
     modern = settings["modern-paper-seed1"]
     assert (modern.model, modern.init, modern.nesterov, modern.label_smoothing, modern.lr_schedule, modern.bf16,
-            modern.channels_last, modern.epochs, modern.augment_pca_colour) == (
-        "paper", "default", True, 0.1, "cosine", True, True, 30, 0.0)
+            modern.channels_last, modern.epochs, modern.augment_pca_colour, modern.input_norm, modern.bias_decay) == (
+        "paper", "default", True, 0.1, "cosine", True, True, 30, 0.0, "half", True)
     assert dataclasses.replace(settings["modern-torchvision-seed1"], model="paper") == modern
     assert {run.settings.seed for name, run in runs.items() if name.startswith("modern-paper")} == {0, 1, 2}
 

@@ -262,19 +262,40 @@ def test_a_checkpoint_of_an_older_format_is_set_aside_naming_both_formats(tmp_pa
 
 def test_a_checkpoint_keeps_the_layout_of_format_4(tmp_path, tiny):
     """Each owner gives its own part, and together they are still the layout that format 4 has had
-    on disk since before the parts had owners: interrupted runs of earlier versions resume. A change
-    here needs a new format number (checkpoint.FORMAT) and a CHANGELOG entry."""
+    on disk since before the parts had owners, plus the mean image of ``input_norm`` (a part a
+    format-4 checkpoint written before it lacks; the next test resumes one): interrupted runs of
+    earlier versions resume. A change here needs a new format number (checkpoint.FORMAT) and a
+    CHANGELOG entry."""
     settings = RunSettings(model=tiny, epochs=2, device="cpu", augment_flip=True, validation_images=2)
     trainer = Trainer(settings, arrays(8, 4), torch.device("cpu"))
     checkpoint.save(tmp_path / "checkpoint.pt", trainer, "fingerprint")
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert checkpoint.FORMAT == 4
     assert list(saved) == ["format", "fingerprint", "epoch", "steps_done", "history", "model", "optimizer", "rng",
-                           "schedule", "lr", "predictions"]
+                           "schedule", "lr", "predictions", "input_norm"]
     assert list(saved["rng"]) == ["torch", "data_order", "cuda", "augment"]
     assert list(saved["schedule"]) == ["drops", "best", "bad_epochs"]
     assert saved["predictions"] == {"test": None, "val": None}
     assert list(saved["model"]) == list(trainer.model.state_dict())
+
+
+def test_a_checkpoint_written_before_the_mean_image_was_carried_resumes_a_run_on_the_write_up_s_input(tmp_path,
+                                                                                                        tiny):
+    """Format 4 before ``input_norm`` had no such part: for an ``input_norm: half`` run that means
+    no mean image, which is what the run has, so an interrupted run goes on."""
+    settings = RunSettings(model=tiny, epochs=2, device="cpu", weight_decay=5e-4)
+    trainer = Trainer(settings, arrays(8, 4), torch.device("cpu"))
+    trainer.train_epoch()
+    trainer.history, trainer.steps_done = [record(1)], trainer.steps_per_epoch
+    trainer.predictions.add("test", torch.zeros(4))  # as an evaluation leaves them
+    old = checkpoint.state(trainer, settings.fingerprint("md5"))
+    assert old.pop("input_norm") == {"mean": None}
+    torch.save(old, tmp_path / "checkpoint.pt")
+    resumed = Trainer(settings, arrays(8, 4), torch.device("cpu"))
+    assert checkpoint.resume(tmp_path / "checkpoint.pt", resumed, settings.fingerprint("md5"), log=print)
+    assert [r["epoch"] for r in resumed.history] == [1] and resumed.input_norm.mean is None
+    for a, b in zip(resumed.model.parameters(), trainer.model.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_an_unreadable_checkpoint_is_set_aside(tmp_path, tiny):
@@ -336,6 +357,10 @@ def _damage(ck: dict, part: str) -> None:
         ck["predictions"]["val"][0, 0] = 10
     elif part == "predictions: no validation rows":
         ck["predictions"]["val"] = None
+    elif part == "input_norm: the mean image of other images":
+        ck["input_norm"]["mean"][0, 0, 0] += 1.0
+    elif part == "input_norm: no mean image (as a checkpoint written before it)":
+        del ck["input_norm"]
     else:
         raise AssertionError(part)
 
@@ -347,12 +372,14 @@ DAMAGES = ["model: a weight of another shape", "model: a NaN weight", "model: a 
            "schedule: a plateau count its history does not give", "lr: not the lr of the last epoch",
            "history: an lr the schedule does not give", "history: a validation accuracy over 100",
            "predictions: a test row of another length", "predictions: a class beyond the model's outputs",
-           "predictions: no validation rows"]
+           "predictions: no validation rows", "input_norm: the mean image of other images",
+           "input_norm: no mean image (as a checkpoint written before it)"]
 
 #: Every recipe setting on (the plateau, the schedule with a state, for the schedule).
 EVERY_RECIPE = {"augment_flip": True, "augment_translate": 4, "augment_pca_colour": 0.1, "lr_schedule": "plateau",
                 "lr_patience": 1, "lr_max_drops": 2, "nesterov": True, "weight_decay": 5e-4,
-                "label_smoothing": 0.1, "init": "paper", "validation_images": 2, "tta_flip": True}
+                "label_smoothing": 0.1, "init": "paper", "validation_images": 2, "tta_flip": True,
+                "input_norm": "paper", "bias_decay": False}
 
 
 @pytest.fixture(scope="module")

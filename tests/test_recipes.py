@@ -2,19 +2,23 @@
 initialisation, the validation split, and how the engine uses them."""
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tiny_model
 import torch
 
-from alexnet_cifar import recipes
+from alexnet_cifar import engine, recipes
 from alexnet_cifar.config import RunSettings, SettingsError
 from alexnet_cifar.data import CLASSES, Cifar10Arrays, DataError, validation_split
 from alexnet_cifar.engine import Evaluation, Trainer, fit
 from alexnet_cifar.models import build_model
 from alexnet_cifar.recipes import Augmenter, LrSchedule, paper_init, rgb_pca, shift_images
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def arrays(n_train=8, n_test=4, seed=0) -> Cifar10Arrays:
@@ -116,6 +120,118 @@ def test_pca_colour_noise_is_zero_mean_and_along_the_eigenvectors_with_the_set_s
     assert abs(np.corrcoef(coordinates.T)[0, 1]) < 0.06  # independent draws per component
 
 
+# -- the paper's input ------------------------------------------------------------------------
+
+class ResizeInputs:
+    """Records what the engine hands to the resize (``F.interpolate``): the input at 32x32."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.seen: list[torch.Tensor] = []
+        resize = engine.F.interpolate
+
+        def recording(x, *args, **kwargs):
+            self.seen.append(x.detach().clone())
+            return resize(x, *args, **kwargs)
+
+        monkeypatch.setattr(engine.F, "interpolate", recording)
+
+
+def trained_mean(images: np.ndarray) -> torch.Tensor:
+    """The mean image written the plain way: float64 mean over the images, then float32."""
+    return torch.from_numpy(images.astype(np.float64).mean(axis=0).astype(np.float32))
+
+
+def test_under_paper_a_batch_is_x_minus_the_mean_of_the_trained_images_before_the_resize(tiny, monkeypatch):
+    data = arrays(n_train=24)
+    trainer = Trainer(RunSettings(model=tiny, input_norm="paper", validation_images=6, batch_size=4, device="cpu"),
+                      data, torch.device("cpu"))
+    keep, held = validation_split(data.train_labels, 6)
+    m = trained_mean(data.train_images[keep])
+    assert torch.equal(trainer.input_norm.mean, m)  # the trained images' mean ...
+    assert not torch.allclose(m, trained_mean(data.train_images), atol=0.1)  # ... not that of all of them
+    resize = ResizeInputs(monkeypatch)
+    idx = torch.tensor([3, 0, 7, 11])
+    trainer.train_step(idx)
+    (x,) = resize.seen
+    assert torch.equal(x, torch.from_numpy(data.train_images[keep][idx.numpy()]).float() - m)
+    assert x.abs().max() > 64  # the 0-255 scale, not [-1, 1]
+
+
+def test_evaluation_uses_the_training_images_mean_and_mirrors_the_image_not_the_mean(tiny, monkeypatch):
+    data = arrays(n_train=24, n_test=6)
+    trainer = Trainer(RunSettings(model=tiny, input_norm="paper", validation_images=6, tta_flip=True,
+                                  eval_batch_size=6, device="cpu"), data, torch.device("cpu"))
+    keep, held = validation_split(data.train_labels, 6)
+    m = trained_mean(data.train_images[keep])
+    resize = ResizeInputs(monkeypatch)
+    result = trainer.evaluate("test")
+    trainer.evaluate("val")
+    test, val = torch.from_numpy(data.test_images).float(), torch.from_numpy(data.train_images[held]).float()
+    expected = [test - m, test.flip(-1) - m, val - m, val.flip(-1) - m]  # image and mirror, per split
+    assert len(resize.seen) == 4 and all(torch.equal(a, b) for a, b in zip(resize.seen, expected, strict=True))
+    trainer.model.eval()
+    with torch.no_grad():
+        logits = 0.5 * (trainer.model(test - m) + trainer.model(test.flip(-1) - m))
+    assert torch.equal(result.predicted, logits.argmax(1))
+
+
+def test_under_paper_flips_and_shifts_act_at_uint8_and_a_black_border_becomes_minus_m():
+    data = arrays(n_train=16)
+    settings = RunSettings(model="paper", input_norm="paper", augment_flip=True, augment_translate=3)
+    augment = Augmenter(settings, data.train_images, torch.device("cpu"))
+    m = trained_mean(data.train_images)
+    out = augment(torch.from_numpy(data.train_images))
+    pixels = out + m  # the moved uint8 images, as floats
+    assert torch.equal(pixels, pixels.round()) and pixels.min() >= 0 and pixels.max() <= 255
+    as_u8 = pixels.to(torch.uint8).numpy()
+    moved = 0
+    for original, result in zip(data.train_images, as_u8, strict=True):
+        ((flip, dy, dx),) = identify(original, result, limit=3)
+        moved += (dy, dx) != (0, 0)
+    assert moved > 8
+    border = (as_u8 == 0).all(axis=1)  # a pixel black in every channel: shifted in (random images have none)
+    assert border.any() and torch.equal(out.permute(0, 2, 3, 1)[torch.from_numpy(border)],
+                                        -m.permute(1, 2, 0).expand(16, 32, 32, 3)[torch.from_numpy(border)])
+
+
+def test_under_paper_the_colour_noise_is_255_times_that_of_half_added_before_the_mean_is_subtracted():
+    """The same draws change the same image alike under both inputs (in pixel values), and under
+    paper the input is exactly (x + 255 x noise) - m."""
+    data = arrays(n_train=32)
+    batch = torch.from_numpy(data.train_images)
+    outs, augmenters = {}, {}
+    for norm in ("half", "paper"):
+        settings = RunSettings(model="paper", input_norm=norm, augment_pca_colour=0.1, seed=5)
+        augmenters[norm] = Augmenter(settings, data.train_images, torch.device("cpu"))
+        outs[norm] = augmenters[norm](batch)
+    x, m = batch.float(), trained_mean(data.train_images)
+    change_half = (outs["half"] + 1) / 2 * 255 - x
+    change_paper = outs["paper"] + m - x
+    assert change_half.abs().max() > 1  # the noise is there
+    torch.testing.assert_close(change_paper, change_half, atol=2e-3, rtol=0)
+    draws = torch.Generator().manual_seed(recipes.augmentation_seed(5))
+    alphas = torch.randn(32, 3, generator=draws).mul_(0.1)
+    noise = (alphas @ augmenters["paper"].pca_scale).mul_(255.0)
+    assert torch.equal(outs["paper"], (x + noise[:, :, None, None]) - m)
+
+
+def test_the_init_signal_page_s_script_writes_a_row_per_model_and_init(tmp_path, tiny_archive):
+    """docs/cpu/paper_init_signal.py, on 2 images of the tiny archive: its table is what it says,
+    and the paper's input moves the logits more than the write-up's."""
+    from alexnet_cifar.data import prepare
+
+    prepare(tiny_archive[0], tmp_path / "tiny.npz")
+    spec = importlib.util.spec_from_file_location("paper_init_signal", REPO / "docs/cpu/paper_init_signal.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--data", str(tmp_path / "tiny.npz"), "--images", "2", "--out", str(tmp_path / "page.md")])
+    rows = [line.split("|")[1:-1] for line in (tmp_path / "page.md").read_text().splitlines()
+            if line.startswith("| ") and line.split("|")[3].strip()[:1].isdigit()]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [(m, i) for m in ("paper", "paper-lrn", "torchvision")
+                                                            for i in ("default", "paper")]
+    assert all(float(r[3]) > float(r[2]) for r in rows)  # across images: paper's input over half's
+
+
 # -- schedules --------------------------------------------------------------------------------
 
 def lrs(settings: RunSettings, val_accs=None) -> list[float]:
@@ -201,6 +317,42 @@ def test_paper_init_draws_weights_with_sd_0_01_and_sets_the_paper_s_biases(model
     assert biases == [0, 1, 0, 1, 1, 1, 1, 0]  # conv1-conv5, fc6, fc7, fc8
 
 
+# -- the paper's weight decay -----------------------------------------------------------------
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_without_bias_decay_zero_gradients_leave_the_biases_and_shrink_the_weights(tiny, fused):
+    """Weight decay alone (every gradient 0), after an lr change: ``bias_decay: false`` keeps each
+    bias, decays each weight by lr x weight_decay; with the default every parameter decays."""
+    lr, decay = 0.25, 0.1
+    for bias_decay in (False, True):
+        trainer = Trainer(RunSettings(model=tiny, lr=0.5, weight_decay=decay, bias_decay=bias_decay, fused_sgd=fused,
+                                      device="cpu"), arrays(), torch.device("cpu"))
+        trainer.set_lr(lr)
+        before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+        for p in trainer.model.parameters():
+            p.grad = torch.zeros_like(p)
+        trainer.optimizer.step()
+        assert [group["lr"] for group in trainer.optimizer.param_groups] == [lr] * (1 if bias_decay else 2)
+        for name, p in trainer.model.named_parameters():
+            if name.endswith("bias") and not bias_decay:
+                assert torch.equal(p, before[name]), name
+            else:
+                torch.testing.assert_close(p, before[name] * (1 - lr * decay))
+                assert p.abs().sum() < before[name].abs().sum(), name
+
+
+@pytest.mark.parametrize("model", ["paper", "torchvision"])
+def test_without_bias_decay_the_biases_of_every_convolution_and_linear_layer_go_undecayed(model):
+    net = build_model(model)
+    decayed, undecayed = recipes.parameter_groups(net, RunSettings(model=model, bias_decay=False))
+    names = {id(p): name for name, p in net.named_parameters()}
+    assert [names[id(p)] for p in undecayed["params"]] == [n for n, _ in net.named_parameters() if n.endswith("bias")]
+    assert len(undecayed["params"]) == 8 and undecayed["weight_decay"] == 0.0 and "weight_decay" not in decayed
+    assert all(names[id(p)].endswith("weight") for p in decayed["params"])
+    (everything,) = recipes.parameter_groups(net, RunSettings(model=model))
+    assert everything["params"] == list(net.parameters())
+
+
 # -- the validation split ---------------------------------------------------------------------
 
 def test_the_validation_split_is_class_balanced_disjoint_and_the_same_for_every_seed():
@@ -234,6 +386,15 @@ def test_validation_that_leaves_no_full_training_batch_is_refused_at_the_start_o
                                             r"than one batch of 4; lower validation_images or batch_size$"):
         fit(settings, arrays(n_train=8), tmp_path, torch.device("cpu"), data_md5="md5", log=lambda _: None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_without_validation_images_a_batch_larger_than_the_training_set_trains_one_smaller_batch(tmp_path, tiny):
+    settings = RunSettings(model=tiny, epochs=2, batch_size=64, device="cpu", eval_batch_size=8)
+    history, _ = fit(settings, arrays(n_train=48, n_test=8), tmp_path, torch.device("cpu"), data_md5="md5",
+                     log=lambda _: None)
+    assert [r["epoch"] for r in history] == [1, 2] and all(r["diverged_at_step"] is None for r in history)
+    assert all(r["train_acc"] * 48 / 100 == round(r["train_acc"] * 48 / 100) for r in history)  # of 48 images
+    assert (tmp_path / "model.pt").exists()
 
 
 def test_tta_flip_averages_each_image_s_logits_with_its_mirror_s():

@@ -232,6 +232,8 @@ def test_lint_is_clean(tmp_path):
     ({"train": {"epochs": 0}}, "train.epochs: 0 is less than the minimum of 1"),
     ({"dataset": {"md5": "xyz"}}, "dataset.md5: 'xyz' does not match"),
     ({"outdirr": "x"}, "unknown key(s) outdirr"),
+    ({"train": {"input_norm": "imagenet"}}, "train.input_norm: 'imagenet' is not allowed; allowed values: half, paper"),
+    ({"train": {"bias_decay": "off"}}, "train.bias_decay: 'off' is not of type 'boolean'"),
 ])
 def test_bad_config_stops_before_any_job_with_the_key_named(tmp_path, change, expected):
     workdir = make_workdir(tmp_path, change)

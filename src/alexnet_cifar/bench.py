@@ -46,7 +46,7 @@ COLUMNS = ["model", "loop", "device_name", "batch_size", "ms_per_step", "images_
 #: RunSettings the bench takes as options (the rest are the protocol's, or the loop's)
 SETTINGS = ("batch_size", "weight_decay", "augment_flip", "augment_translate", "augment_pca_colour", "lr_schedule",
             "lr_milestones", "lr_gamma", "lr_patience", "lr_max_drops", "warmup_epochs", "nesterov",
-            "label_smoothing", "init", "validation_images", "tta_flip")
+            "label_smoothing", "init", "validation_images", "tta_flip", "input_norm", "bias_decay")
 PROFILE_COLUMNS = ["model", "kernel", "calls_per_step", "us_per_step", "share_pct"]
 #: Engine loops by name: RunSettings fields that differ from the engine's defaults.
 ENGINE_LOOPS: dict[str, dict] = {

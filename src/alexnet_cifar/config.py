@@ -11,7 +11,9 @@ torch) to
 - word every problem of a config for people, naming the key (:func:`config_problems`).
 
 Only the result-defining settings go into the training rule's ``params`` and into the checkpoint
-fingerprint, so moving a run to another device or turning CUDA graphs off retrains nothing.
+fingerprint, so moving a run to another device or turning CUDA graphs off retrains nothing; a
+setting marked ``omitted_at_default`` goes in only where it differs from its default, so adding
+it retrains no finished run.
 """
 from __future__ import annotations
 
@@ -90,6 +92,13 @@ def result_keys() -> list[str]:
     return ["model", *(k for k, spec in train_schema().items() if spec["defines_result"])]
 
 
+def omitted_at_default() -> list[str]:
+    """Result-defining settings added after runs had finished without them (``omitted_at_default``
+    in the schema): at their default they give the numbers of the code before them, so there they
+    stay out of the params and the fingerprint, and those runs are not trained again."""
+    return [k for k, spec in train_schema().items() if spec.get("omitted_at_default")]
+
+
 #: The train settings' defaults, as the schema gives them.
 DEFAULTS = {key: spec["default"] for key, spec in train_schema().items()}
 
@@ -125,6 +134,8 @@ class RunSettings:
     init: str = DEFAULTS["init"]
     validation_images: int = DEFAULTS["validation_images"]
     tta_flip: bool = DEFAULTS["tta_flip"]
+    input_norm: str = DEFAULTS["input_norm"]
+    bias_decay: bool = DEFAULTS["bias_decay"]
     device: str = DEFAULTS["device"]
     cuda_graph: bool = DEFAULTS["cuda_graph"]
     fused_sgd: bool = DEFAULTS["fused_sgd"]
@@ -145,9 +156,11 @@ class RunSettings:
         return cls(**values)
 
     def result_params(self) -> dict[str, Any]:
-        """The settings that define the result: the training rule's params (plain JSON values)."""
+        """The settings that define the result: the training rule's params (plain JSON values), in
+        the schema's order, less each :func:`omitted_at_default` setting that sits at its default."""
+        omitted = {key for key in omitted_at_default() if getattr(self, key) == DEFAULTS[key]}
         return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in ((key, getattr(self, key)) for key in result_keys())}
+                for key, value in ((key, getattr(self, key)) for key in result_keys() if key not in omitted)}
 
     def fingerprint(self, data_md5: str) -> str:
         """Identifies the result this run will produce: its result settings plus its data."""

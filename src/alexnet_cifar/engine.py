@@ -84,11 +84,14 @@ def configure_determinism(deterministic: bool, device: torch.device) -> None:
 
 
 def to_model_input(images_u8: torch.Tensor, size: int, channels_last: bool = False,
-                   augment: recipes.Augmenter | None = None) -> torch.Tensor:
-    """uint8 NCHW 32x32 -> float in [-1, 1] (ToTensor + Normalize(0.5, 0.5)), bilinear to size x size;
-    with ``augment``, the batch is augmented at 32x32 on its way to [-1, 1]."""
+                   augment: recipes.Augmenter | None = None, norm: recipes.InputNorm | None = None) -> torch.Tensor:
+    """uint8 NCHW 32x32 -> the model's input at 32x32 (``norm``; without it, float in [-1, 1]:
+    ToTensor + Normalize(0.5, 0.5)), bilinear to size x size; with ``augment``, the batch is
+    augmented at 32x32 on its way there (``augment.norm`` then makes the input)."""
     if augment is not None and augment.active:
         x = augment(images_u8)
+    elif norm is not None:
+        x = norm(images_u8)
     else:
         x = images_u8.float().mul_(2.0 / 255.0).sub_(1.0)
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
@@ -219,7 +222,7 @@ class Trainer:
             self.val_x = torch.as_tensor(train_images[self.val_index]).to(device)
             self.val_y = torch.as_tensor(train_labels[self.val_index], dtype=torch.int64).to(device)
             train_images, train_labels = train_images[keep], train_labels[keep]
-        if len(train_labels) < settings.batch_size:
+        if settings.validation_images and len(train_labels) < settings.batch_size:
             raise SettingsError(
                 f"validation_images: {settings.validation_images} held out leaves {len(train_labels)} training "
                 f"image(s), fewer than one batch of {settings.batch_size}; lower validation_images or batch_size")
@@ -227,7 +230,8 @@ class Trainer:
         self.train_y = torch.as_tensor(train_labels, dtype=torch.int64).to(device)
         self.test_x = torch.as_tensor(data.test_images).to(device)
         self.test_y = torch.as_tensor(data.test_labels, dtype=torch.int64).to(device)
-        self.augment = recipes.Augmenter(settings, train_images, device)
+        self.input_norm = recipes.InputNorm(settings, train_images, device)  # the mean image of the trained ones
+        self.augment = recipes.Augmenter(settings, train_images, device, self.input_norm)
         self.schedule = recipes.LrSchedule(settings)
         self.totals = EpochTotals(device)
         self.batch_idx = torch.zeros(settings.batch_size, dtype=torch.int64, device=device)
@@ -240,10 +244,12 @@ class Trainer:
         self.warmup_left = 3  # eager steps before capturing the CUDA graph
 
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.SGD:
-        """SGD with this run's settings over ``model`` (the checkpoint loader builds one too)."""
+        """SGD with this run's settings over ``model`` (the checkpoint loader builds one too), its
+        parameter groups as ``bias_decay`` says (:func:`recipes.parameter_groups`)."""
         s = self.s
-        return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
-                               nesterov=s.nesterov, fused=s.fused_sgd, foreach=not s.fused_sgd)
+        return torch.optim.SGD(recipes.parameter_groups(model, s), lr=s.lr, momentum=s.momentum,
+                               weight_decay=s.weight_decay, nesterov=s.nesterov, fused=s.fused_sgd,
+                               foreach=not s.fused_sgd)
 
     @property
     def lr(self) -> float:
@@ -273,7 +279,8 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything needed to continue after the last completed epoch: the epoch, step count,
         history, model, optimizer, RNG states (the augmenter's among them), the schedule's state,
-        the lr and the record of predictions (the layout of checkpoint format 4)."""
+        the lr, the record of predictions and the mean image of ``input_norm: paper`` (the layout of
+        checkpoint format 4)."""
         cuda = self.device.type == "cuda"
         return {
             "epoch": len(self.history), "steps_done": self.steps_done, "history": self.history,
@@ -281,12 +288,13 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "data_order": self.order_rng.get_state(),
                     "cuda": torch.cuda.get_rng_state(self.device) if cuda else None, **self.augment.state_dict()},
             "schedule": self.schedule.state_dict(), "lr": self.lr, "predictions": self.predictions.state_dict(),
+            "input_norm": self.input_norm.state_dict(),
         }
 
     def check_state(self, saved: dict) -> dict:
         """Every part of ``saved`` (a :meth:`state_dict`) checked against this run and loaded into
         fresh objects, in the order model, history, optimizer, RNG states, schedule, lr,
-        predictions; a CheckpointError names the first bad one. Changes nothing."""
+        predictions, mean image; a CheckpointError names the first bad one. Changes nothing."""
         missing = sorted(set(self.STATE_KEYS) - set(saved))
         if missing:
             raise CheckpointError(f"it has no {', '.join(missing)}")
@@ -302,6 +310,9 @@ class Trainer:
             "schedule": self.schedule.check_state(saved["schedule"], history=records),
             "lr": self._checked_lr(saved["lr"], records),
             "predictions": self.predictions.check_state(saved["predictions"], epochs=len(records)),
+            # not among STATE_KEYS: a format-4 checkpoint written before input_norm has none, which
+            # is what a half run keeps (no mean image)
+            "input_norm": self.input_norm.check_state(saved.get("input_norm")),
         }
 
     def apply_state(self, checked: dict) -> None:
@@ -319,6 +330,7 @@ class Trainer:
         self.schedule.apply_state(checked["schedule"])
         self.set_lr(checked["lr"])
         self.predictions.apply_state(checked["predictions"])
+        self.input_norm.apply_state(checked["input_norm"])
 
     def _checked_model(self, saved: Any) -> torch.nn.Module:
         """A copy of the model (copying draws no random numbers) holding the saved weights."""
@@ -340,7 +352,7 @@ class Trainer:
         if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
             raise CheckpointError("its optimizer is not an optimizer state dict")
         optimizer = self.make_optimizer(model)
-        params = list(model.parameters())
+        params = [p for group in optimizer.param_groups for p in group["params"]]  # the state's numbering
         momenta = saved["state"]
         # After an epoch every parameter has its momentum buffer; SGD without momentum keeps none.
         wanted = set(range(len(params))) if self.s.momentum else set()
@@ -401,7 +413,8 @@ class Trainer:
         """One SGD step on the images at ``idx`` (augmented, if the recipe says so); everything it
         produces stays on the device."""
         t = self.totals
-        x = to_model_input(self.train_x.index_select(0, idx), self.input_size, self.s.channels_last, self.augment)
+        x = to_model_input(self.train_x.index_select(0, idx), self.input_size, self.s.channels_last, self.augment,
+                           self.input_norm)
         y = self.train_y.index_select(0, idx)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
@@ -481,8 +494,10 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, split: str = "test") -> Evaluation:
         """Mean cross-entropy (without label smoothing), accuracy (%) and predictions on the
-        ``test`` or ``val`` split, in large batches, dropout off; with ``tta_flip`` each image's
-        logits are averaged with its mirror's."""
+        ``test`` or ``val`` split, in large batches, dropout off, the input made as the training's
+        (the same mean image under ``input_norm: paper``); with ``tta_flip`` each image's logits are
+        averaged with its mirror's (under ``paper`` the mirrored image less m, as a flip in
+        training gives it, not the mirror of x - m)."""
         images, labels = (self.test_x, self.test_y) if split == "test" else (self.val_x, self.val_y)
         self.model.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -490,12 +505,15 @@ class Trainer:
         predicted = torch.empty(len(labels), dtype=torch.int64, device=self.device)
         n, eb = images.shape[0], self.s.eval_batch_size
         for start in range(0, n, eb):
-            x = to_model_input(images[start:start + eb], self.input_size, self.s.channels_last)
+            batch = images[start:start + eb]
+            x = to_model_input(batch, self.input_size, self.s.channels_last, norm=self.input_norm)
             y = labels[start:start + eb]
             with self._autocast():
                 logits = self.model(x).float()
                 if self.s.tta_flip:
-                    logits = 0.5 * (logits + self.model(x.flip(-1)).float())
+                    mirrored = x.flip(-1) if self.input_norm.mean is None else to_model_input(
+                        batch.flip(-1), self.input_size, self.s.channels_last, norm=self.input_norm)
+                    logits = 0.5 * (logits + self.model(mirrored).float())
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             predicted[start:start + eb] = logits.argmax(1)
             correct += (predicted[start:start + eb] == y).sum()

@@ -1,16 +1,21 @@
-"""Training recipes: augmentation, learning-rate schedules and the paper's initialisation, in one
-file, so that a reader finds what a recipe does to the data, the step size and the first weights
-here, and the engine (:mod:`alexnet_cifar.engine`) stays the step and the loop.
+"""Training recipes: the model's input, augmentation, learning-rate schedules, the paper's
+initialisation and its weight decay, in one file, so that a reader finds what a recipe does to
+the data, the step size and the weights here, and the engine (:mod:`alexnet_cifar.engine`) stays
+the step and the loop.
 
 Every setting defaults to the reported protocol (no augmentation, a constant learning rate,
 PyTorch's initialisation); at the defaults nothing here draws a random number or changes a value.
 
+- :class:`InputNorm`: uint8 images to the model's input, the write-up's [-1, 1] or the paper's
+  0-255 less the training images' mean image (which it carries into the checkpoint).
 - :class:`Augmenter`: per-image flips, shifts and the paper's PCA colour noise, on the training
   device, inside the training step (and so inside its CUDA graph), drawn from the run's own
   seeded generator. torchvision's batched transforms draw one random choice per call, not per
   image, so these are written here.
 - :class:`LrSchedule`: the learning rate of each epoch (constant, step, plateau, cosine).
 - :func:`paper_init`: the 2012 paper's weights N(0, 0.01) and biases of 0 or 1.
+- :func:`parameter_groups`: the optimizer's parameter groups, without weight decay on the biases
+  where the recipe says so (``bias_decay: false``).
 """
 from __future__ import annotations
 
@@ -30,6 +35,83 @@ from .config import RunSettings, SettingsError
 #: documents them. Step's milestones default to half and three quarters of the epochs.
 STEP_GAMMA, PLATEAU_PATIENCE, PLATEAU_MAX_DROPS, COSINE_WARMUP_EPOCHS = 0.1, 5, 3, 0
 PLATEAU_FACTOR = 0.1  # lr / 10 at each drop, as the paper did by hand
+
+
+# -- the model's input ------------------------------------------------------------------------
+
+def mean_image(images_u8: np.ndarray) -> np.ndarray:
+    """The mean of ``images_u8`` (N, 3, H, W) per pixel and channel, float32 (3, H, W): exact
+    integer sums (no float rounding that depends on the order or the chunks), divided by N."""
+    return (images_u8.sum(axis=0, dtype=np.int64) / len(images_u8)).astype(np.float32)
+
+
+class InputNorm:
+    """uint8 images (B, 3, 32, 32) -> the model's float input, still 32x32 (the resize follows).
+
+    - ``half``: (x/255 - 0.5)/0.5, in [-1, 1]: the write-up's ToTensor + Normalize(0.5, 0.5).
+    - ``paper``: x - m, x in 0-255 and m the mean image (:func:`mean_image`) of
+      ``train_images_u8``, the images the run trains on (validation images are not among them),
+      computed once here; validation and test images get the same m.
+
+    The augmentation works in between (:meth:`to_float`, :meth:`finish`): flips and shifts at
+    uint8, the colour noise on the float values, whose unit is 1/255 for ``half`` and 1 for
+    ``paper`` (:attr:`colour_scale`). The checkpoint carries m (:meth:`state_dict`); a resume
+    computes it again from the data and takes the checkpoint only if it holds the same m.
+    """
+
+    def __init__(self, settings: RunSettings, train_images_u8: np.ndarray, device: torch.device) -> None:
+        self.kind = settings.input_norm
+        self.mean: torch.Tensor | None = None  # (3, 32, 32) float32 on the device, for "paper"
+        if self.kind == "paper":
+            self.mean = torch.from_numpy(mean_image(train_images_u8)).to(device)
+        #: what the colour noise, computed on values in [0, 1], is multiplied by
+        self.colour_scale = 255.0 if self.kind == "paper" else 1.0
+
+    def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """The model's input of images without augmentation."""
+        if self.mean is None:
+            return images_u8.float().mul_(2.0 / 255.0).sub_(1.0)
+        return images_u8.float().sub_(self.mean)
+
+    def to_float(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """Images as floats, for the colour noise: in [0, 1] (``half``) or 0-255 (``paper``)."""
+        x = images_u8.float()
+        return x if self.mean is not None else x.div_(255.0)
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`to_float`'s values, perhaps with colour noise, as the model's input."""
+        return x.mul_(2.0).sub_(1.0) if self.mean is None else x.sub_(self.mean)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": None if self.mean is None else self.mean.cpu()}
+
+    def check_state(self, saved: Any) -> torch.Tensor | None:
+        """The mean image of a checkpoint's part ``saved``, if it is this run's; None (a checkpoint
+        written before the part existed) means no mean image. Raises CheckpointError otherwise."""
+        saved = {"mean": None} if saved is None else saved
+        if not isinstance(saved, dict) or set(saved) != {"mean"}:
+            raise CheckpointError("its input_norm part is not a record of the mean image")
+        mean = saved["mean"]
+        if (mean is None) != (self.mean is None):
+            raise CheckpointError(f"its input_norm part has {'no' if mean is None else 'a'} mean image, but this "
+                                  f"run (input_norm: {self.kind}) has {'one' if mean is None else 'none'}")
+        if mean is None:
+            return None
+        if not isinstance(mean, torch.Tensor) or mean.dtype != self.mean.dtype or mean.shape != self.mean.shape:
+            found = f"{mean.dtype} {tuple(mean.shape)}" if isinstance(mean, torch.Tensor) else type(mean).__name__
+            raise CheckpointError(f"its input_norm mean image should be {self.mean.dtype} "
+                                  f"{tuple(self.mean.shape)}, found {found}")
+        if not torch.equal(mean, self.mean.cpu()):
+            gap = float((mean - self.mean.cpu()).abs().max())
+            raise CheckpointError(f"its input_norm mean image is not the one of this run's training images "
+                                  f"(they differ by up to {gap:.3g})")
+        return mean
+
+    def apply_state(self, mean: torch.Tensor | None) -> None:
+        """Take a checked mean image (:meth:`check_state`; equal to the one this run computed),
+        into the same tensor: a captured CUDA graph reads that one."""
+        if mean is not None:
+            self.mean.copy_(mean)
 
 
 # -- augmentation -----------------------------------------------------------------------------
@@ -64,11 +146,16 @@ class Augmenter:
     1/2; a shift by up to ``translate`` pixels in x and y at 32x32, the uncovered border black;
     the paper's colour noise, sum_i alpha_i lambda_i p_i added to every pixel in [0, 1], alpha_i
     ~ N(0, ``pca_colour``), over the eigenvectors p_i and eigenvalues lambda_i of the training
-    split's RGB covariance (no clamping). Then the images go to [-1, 1] and are resized, as without
-    augmentation. ``generator`` is None when every augmentation is off.
+    split's RGB covariance (no clamping). Then the images become the model's input (``norm``, an
+    :class:`InputNorm`: by default the run's own) and are resized, as without augmentation. Under
+    ``input_norm: paper`` the order is: flip and shift at uint8, to float in 0-255, add 255 x the
+    colour noise, subtract the mean image (a black border shifted in is -m). ``generator`` is None
+    when every augmentation is off.
     """
 
-    def __init__(self, settings: RunSettings, train_images_u8: np.ndarray, device: torch.device) -> None:
+    def __init__(self, settings: RunSettings, train_images_u8: np.ndarray, device: torch.device,
+                 norm: InputNorm | None = None) -> None:
+        self.norm = InputNorm(settings, train_images_u8, device) if norm is None else norm
         self.flip, self.translate = settings.augment_flip, settings.augment_translate
         self.pca_colour = settings.augment_pca_colour
         self.active = self.flip or self.translate > 0 or self.pca_colour > 0
@@ -83,7 +170,7 @@ class Augmenter:
                                              device=device)
 
     def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
-        """A batch of uint8 (B, 3, 32, 32) images -> float in [-1, 1], augmented, still 32x32."""
+        """A batch of uint8 (B, 3, 32, 32) images -> the model's input, augmented, still 32x32."""
         g, batch = self.generator, images_u8.shape[0]
         x = images_u8
         if self.flip:
@@ -92,15 +179,17 @@ class Augmenter:
         if self.translate > 0:
             shifts = torch.randint(-self.translate, self.translate + 1, (batch, 2), generator=g, device=x.device)
             x = shift_images(x, shifts, self.translate)
-        x = x.float().div_(255.0)
+        x = self.norm.to_float(x)
         if self.pca_colour > 0:
             alphas = torch.randn(batch, 3, generator=g, device=x.device).mul_(self.pca_colour)
             x = x + self.colour_noise(alphas)[:, :, None, None]
-        return x.mul_(2.0).sub_(1.0)
+        return self.norm.finish(x)
 
     def colour_noise(self, alphas: torch.Tensor) -> torch.Tensor:
-        """The RGB offsets that per-component draws ``alphas`` (B, 3) add to every pixel of their image."""
-        return alphas @ self.pca_scale
+        """The RGB offsets that per-component draws ``alphas`` (B, 3) add to every pixel of their
+        image, in the unit of :meth:`InputNorm.to_float` (1/255 or 1)."""
+        noise = alphas @ self.pca_scale
+        return noise if self.norm.colour_scale == 1.0 else noise.mul_(self.norm.colour_scale)
 
     # -- the state a checkpoint keeps (alexnet_cifar.checkpoint.Stateful) ----------------------
     def state_dict(self) -> dict[str, Any]:
@@ -258,3 +347,17 @@ def paper_init(model: nn.Module) -> None:
             for position, layer in enumerate(layers, 1):
                 layer.weight.normal_(0.0, 0.01)
                 layer.bias.fill_(1.0 if position in PAPER_BIAS_ONE[kind] else 0.0)
+
+
+# -- the paper's weight decay -----------------------------------------------------------------
+
+def parameter_groups(model: nn.Module, settings: RunSettings) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: every parameter in one group (weight decay on all, as
+    PyTorch's SGD does), or with ``bias_decay: false`` the biases of the convolutions and linear
+    layers in a second group without weight decay (the paper's update rule, Section 5, decays the
+    weights; its code, cuda-convnet, applies the coefficient to weights only)."""
+    if settings.bias_decay:
+        return [{"params": list(model.parameters())}]
+    biases = {id(m.bias) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None}
+    return [{"params": [p for p in model.parameters() if id(p) not in biases]},
+            {"params": [p for p in model.parameters() if id(p) in biases], "weight_decay": 0.0}]
