@@ -179,7 +179,7 @@ class Session:
 
     def part2(self, record: dict) -> None:
         steps, warmup, profile = (1, 0, 1) if self.args.tiny else (400, 50, 50)
-        bench.run_bench(self.data(), self.models(), steps, self.args.device, self.out, warmup=warmup,
+        bench.run_bench(self.data(), self.bench_models(), steps, self.args.device, self.out, warmup=warmup,
                         loops=["plain", *bench.ENGINE_LOOPS], profile_steps=profile, log=log.info)
         record["bench_md"] = (self.out / "bench.md").read_text()
         self.save()
@@ -191,19 +191,20 @@ class Session:
         bench's files go to the work folder (OUT holds at most 8), its rows into session.json."""
         rows = []
         for run in LADDER_RUNS:
-            s = self.ladder_settings(run)
+            own = self.ladder_settings(run)
+            s = self.as_trained(own)
             loop = "engine+bf16+channels_last" if s.bf16 else "engine"
             recipe = {key: getattr(s, key) for key in bench.SETTINGS if getattr(s, key) != config.DEFAULTS[key]}
             frame = bench.run_bench(self.data(), [s.model], steps, self.args.device, self.work / "ladder-bench" / run,
                                     warmup=warmup, loops=[loop], settings=recipe, log=log.info)
-            rows.append({"run": run, "epochs": s.epochs, **frame.iloc[0].to_dict()})
+            rows.append({"run": run, "run_model": own.model, "epochs": s.epochs, **frame.iloc[0].to_dict()})
         return rows
 
     def part3(self, record: dict) -> dict:
         # a dry run: on the CPU the graph variants run eagerly, so one of them shows the plumbing
         limit = ["--limit-train", "10", "--limit-test", "4", "--epochs", "1", "--variants", "graph+recipe"] \
             if self.args.tiny else ["--limit-train", "10000", "--epochs", "2"]
-        code = check_graph_vs_eager.main(["--data", str(self.data()), "--models", ",".join(self.models()),
+        code = check_graph_vs_eager.main(["--data", str(self.data()), "--models", ",".join(self.bench_models()),
                                           "--device", self.args.device, "--out", str(self.out / "graph_vs_eager.json"),
                                           *limit])
         return {"status": "ok" if code == 0 else "failed", "passed": code == 0}
@@ -211,9 +212,9 @@ class Session:
     def part4(self, record: dict) -> None:
         results = {}
         for run in self.models():
-            settings = self.settings(run, "as-stated.yaml", epochs=2)
+            settings = self.as_trained(self.settings(run, "as-stated.yaml", epochs=2))
             results[run] = self.train(settings, self.data(), self.work / "part4" / run)
-            results[run]["lr"] = settings.lr
+            results[run].update(lr=settings.lr, trained_model=settings.model)
             record["runs"] = results
             self.save()
 
@@ -230,7 +231,7 @@ class Session:
         return outcome
 
     def as_trained(self, settings):
-        """Parts 5 and 6: ``settings`` with ``--train-model`` in place of the run's own model, if given."""
+        """Parts 2-6: ``settings`` with ``--train-model`` in place of the run's own model, if given."""
         return dataclasses.replace(settings, model=self.args.train_model or settings.model)
 
     def ladder_settings(self, run: str):
@@ -274,6 +275,10 @@ class Session:
     def models(self) -> list[str]:
         return self.args.models.split(",")
 
+    def bench_models(self) -> list[str]:
+        """Parts 2 and 3: ``--train-model`` if given, else ``--models``."""
+        return [self.args.train_model] if self.args.train_model else self.models()
+
 
 def machine(device: torch.device) -> dict:
     cuda = device.type == "cuda"
@@ -294,8 +299,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--models", default="paper,torchvision", help="for parts 1-4")
     parser.add_argument("--tiny", action="store_true", help="a dry run: 10 training images, single steps")
-    parser.add_argument("--train-model", help="parts 5 and 6 train this model in place of each run's own (a dry "
-                        "run's stand-in: they check the bookkeeping); session.json keeps each run's settings")
+    parser.add_argument("--train-model", help="parts 2-6 train and time this model in place of each run's own (a "
+                        "dry run's stand-in: they check the bookkeeping; part 1 trains the real ones); "
+                        "session.json keeps each run's settings")
     parser.add_argument("--ladder-epochs", type=int, help="with --tiny: part 6's epochs a run (default 3)")
     args = parser.parse_args(argv)
     args.parts = sorted({int(p) for p in args.parts.split(",")})
