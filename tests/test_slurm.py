@@ -18,7 +18,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -50,7 +52,9 @@ def cluster():
     # Not under pytest's tmp_path: that is private to root (0700) and munged runs as user munge.
     root = Path(tempfile.mkdtemp(prefix="alexnet-slurm-"))
     try:
-        with SlurmCluster(root, gpus=2) as running:  # stops the daemons also when a test fails
+        # Three fake GPUs and 8 CPUs: the resumed training (its own run) goes on beside the two
+        # trainings of the full run, which must still find two GPUs free at once.
+        with SlurmCluster(root, gpus=3, cpus=8) as running:  # stops the daemons also when a test fails
             yield running
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -65,12 +69,14 @@ def shared(tmp_path_factory):
     return {"archive": archive, "md5": md5, "datadir": folder / "data", "histories": {}}
 
 
-def make_workdir(path: Path, shared: dict, *, train: dict, datadir: Path | None = None) -> Path:
-    """A Snakemake working directory with the repo's config/ and a test config; returns the config path."""
+def make_workdir(path: Path, shared: dict, *, train: dict, datadir: Path | None = None,
+                 runs: dict | None = None) -> Path:
+    """A Snakemake working directory with the repo's config/ (its runs: ``runs``, or RUNS) and a
+    test config; returns the config path."""
     path.mkdir(parents=True, exist_ok=True)
     shutil.copytree(REPO / "config", path / "config")
     defaults = yaml.safe_load((path / "config" / "config.yaml").read_text())
-    (path / "config" / "config.yaml").write_text(yaml.safe_dump({**defaults, "runs": RUNS}, sort_keys=False))
+    (path / "config" / "config.yaml").write_text(yaml.safe_dump({**defaults, "runs": runs or RUNS}, sort_keys=False))
     config = {
         "outdir": str(path / "out"),
         "datadir": str(datadir or path / "data"),
@@ -196,7 +202,8 @@ def test_profile_asks_for_the_right_resources(shared, tmp_path):
 
 
 @pytest.mark.slow
-def test_workflow_runs_through_slurm_and_matches_a_local_run(cluster, shared, tmp_path):
+def test_workflow_runs_through_slurm_and_matches_a_local_run(cluster, shared, resume_run, tmp_path):
+    """The resume run (``resume_run``) goes on at the same time, on the third GPU."""
     slurm_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
     slurm_config = make_workdir(slurm_dir, shared, train={"epochs": 2}, datadir=shared["datadir"])
     local_config = make_workdir(local_dir, shared, train={"epochs": 2})
@@ -286,37 +293,82 @@ def test_workflow_runs_through_slurm_and_matches_a_local_run(cluster, shared, tm
         shared["histories"][run] = slurm_history
 
 
-@pytest.mark.slow
-def test_interrupted_training_resumes_from_its_checkpoint(cluster, shared, tmp_path):
-    """SIGTERM to a running training job (what SLURM sends at a time limit or on preemption): the
-    job fails, keeping the checkpoint of the last completed epoch; the profile's ``retries``
-    submits it again and the new job resumes from that epoch."""
+@dataclass
+class ResumeRun:
+    """The resume test's Snakemake run, started beside the full run (both mostly wait for SLURM's
+    status checks), and the thread that interrupts its training."""
+
+    workdir: Path
+    run_dir: Path
+    log: Path
+    proc: subprocess.Popen
+    started: float
+    interrupted: list = field(default_factory=list)  # the job id signalled, or why none was
+    watcher: threading.Thread | None = None
+
+
+EPOCHS_RESUMED = 60  # the resumed run's (see resume_run)
+#: The resumed run: like RUNS' "second" (the same settings and seed, so the same numbers), under a
+#: name of its own, so that its SLURM job is told apart from the full run's beside it.
+RESUMED = {"resumed": {"model": tiny_model.NAME, "seed": 1}}
+
+
+@pytest.fixture(scope="module")
+def resume_run(cluster, shared, tmp_path_factory):
+    """SIGTERM to a running training job (what SLURM sends at a time limit or on preemption), sent
+    by a thread once the job's checkpoint of epoch 1 exists (the sign)."""
+    tmp_path = tmp_path_factory.mktemp("resume_run")
     workdir = tmp_path / "resume"
     # Epochs of the stand-in take 30-300 ms (idle to loaded machine). The sign the test waits for is
     # the checkpoint of epoch 1; the signal (two client calls and slurmctld's delivery away, a few
     # tenths of a second) must come while epochs are left, so 59 are: several times what that takes,
     # on an idle machine as under load. Not many more: the retry trains them all again.
-    epochs = 60
-    configfile = make_workdir(workdir, shared, train={"epochs": epochs}, datadir=shared["datadir"])
-    run_dir = workdir / "out" / "runs" / "second"
-    checkpoint = run_dir / "checkpoint.pt"
+    configfile = make_workdir(workdir, shared, train={"epochs": EPOCHS_RESUMED}, runs=RESUMED)
+    run_dir = workdir / "out" / "runs" / "resumed"
     log = tmp_path / "resume.log"
-    started = time.monotonic()
-    proc = start(slurm_args(workdir, configfile, f"{run_dir}/history.jsonl"), cluster.env, log)
-    try:
-        deadline = time.monotonic() + 300
+    run = ResumeRun(workdir, run_dir, log, start(slurm_args(workdir, configfile, f"{run_dir}/history.jsonl"),
+                                                 cluster.env, log), time.monotonic())
+
+    def interrupt() -> None:
+        checkpoint, deadline = run_dir / "checkpoint.pt", time.monotonic() + 300
         while not checkpoint.exists():
-            assert proc.poll() is None, f"snakemake ended before a checkpoint was written:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"no checkpoint after 300 s:\n{log.read_text()[-6000:]}"
+            if run.proc.poll() is not None or time.monotonic() > deadline:
+                run.interrupted.append("snakemake ended, or 300 s passed, before a checkpoint was written")
+                return
             time.sleep(0.1)
         running = cluster.command("squeue", "--noheader", "--states=RUNNING", "--format=%i|%k").stdout.split()
-        train_jobs = [line.split("|")[0] for line in running if "rule_train" in line]
-        assert len(train_jobs) == 1, running
-        interrupted = train_jobs[0]
-        cluster.command("scancel", "--signal=TERM", interrupted)
+        train_jobs = [line.split("|")[0] for line in running if "rule_train_wildcards_resumed" in line]
+        if len(train_jobs) != 1:
+            run.interrupted.append(f"not one running training of the resumed run: {running}")
+            return
+        cluster.command("scancel", "--signal=TERM", train_jobs[0])
+        run.interrupted.append(train_jobs[0])
+
+    run.watcher = threading.Thread(target=interrupt, name="slurm-resume-interrupt", daemon=True)
+    run.watcher.start()
+    try:
+        yield run
+    finally:
+        stop(run.proc)
+        run.watcher.join(timeout=60)
+
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes_from_its_checkpoint(cluster, shared, resume_run):
+    """The job stopped by SIGTERM fails, keeping the checkpoint of the last completed epoch; the
+    profile's ``retries`` submits it again and the new job resumes from that epoch."""
+    workdir, run_dir, log, proc, epochs = (resume_run.workdir, resume_run.run_dir, resume_run.log, resume_run.proc,
+                                           EPOCHS_RESUMED)
+    checkpoint = run_dir / "checkpoint.pt"
+    started = resume_run.started
+    try:
         output = finish(proc, 400, log)
     finally:
         stop(proc)
+    resume_run.watcher.join(timeout=60)
+    (interrupted,) = resume_run.interrupted
+    assert interrupted.isdigit(), f"{interrupted}:\n{output[-6000:]}"
     assert proc.returncode == 0, output[-8000:]
     print(f"resume run: {time.monotonic() - started:.0f} s")
 
@@ -333,7 +385,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(cluster, shared, tmp_p
     first_log = next((workdir / ".snakemake" / "slurm_logs").glob(f"rule_train/**/{interrupted}.log")).read_text()
     assert "stopped by signal SIGTERM" in first_log and "exit status 143" in first_log, first_log[-4000:]
 
-    train_log = (workdir / "out" / "logs" / "train" / "second.log").read_text()
+    train_log = (workdir / "out" / "logs" / "train" / "resumed.log").read_text()
     resumed = re.search(r"resuming from (\S+) after epoch (\d+)", train_log)
     assert resumed, train_log
     assert Path(resumed.group(1)) == checkpoint
