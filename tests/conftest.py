@@ -120,12 +120,14 @@ def http_server(tmp_path_factory):
     thread.join(timeout=5)
 
 
-#: The longest files first (about 3, 3, 3, 2 and 2 minutes on 2 cores, beside the other worker):
-#: under pytest-xdist with --dist loadfile (``make test``) each file goes to one worker, and this
-#: order lets the two workers finish together. The SLURM tests, which mostly wait for the
-#: scheduler, start at once on one worker, beside the first workflow file on the other.
-LONGEST_FIRST = ("test_workflow.py", "test_slurm.py", "test_gpu_script.py", "test_workflow_seeds.py", "test_engine.py",
-                 "test_packaging.py")
+#: The longest files first (on 2 cores, beside the other worker: SLURM about 1.5 minutes, mostly
+#: waiting for the scheduler; the whole workflow of the real models 2; the engine's resumes of a
+#: real model 1.5; then about a minute or less each): under pytest-xdist with --dist loadfile
+#: (``make test``) each file goes to one worker, and this order lets the two workers finish
+#: together. The SLURM tests start at once on one worker, beside the first workflow file on the other.
+LONGEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_engine.py", "test_workflow_seeds.py", "test_gpu_script.py",
+                 "test_deploy.py", "test_golden.py", "test_recipes.py", "test_train_params.py", "test_packaging.py",
+                 "test_config.py")
 
 
 def pytest_collection_modifyitems(items) -> None:
