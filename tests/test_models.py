@@ -58,3 +58,17 @@ def test_deterministic_torchvision_model_computes_the_same_function():
         assert torch.equal(plain(x), deterministic(x))
 
 
+
+
+def test_a_run_s_record_names_torchvision_s_own_version_without_importing_it(monkeypatch):
+    """run.json's versions: torchvision's ``__version__`` with its build (``+cu130``), read from its
+    version.py when the run's model did not import torchvision."""
+    import sys
+
+    import torchvision
+
+    from alexnet_cifar import provenance
+
+    monkeypatch.delitem(sys.modules, "torchvision")
+    assert provenance.torchvision_version() == torchvision.__version__
+    assert "torchvision" not in sys.modules

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torchvision
 from torch import nn
 
 from . import stand_in
@@ -75,6 +74,8 @@ class PaperAlexNet(nn.Module):
 
 
 def torchvision_alexnet(num_classes: int = 10, deterministic: bool = False) -> nn.Module:
+    import torchvision  # here, not at the top: importing it takes seconds (its ops import torch._dynamo)
+
     model = torchvision.models.alexnet(weights=None, num_classes=num_classes)
     if deterministic:
         # At its 224x224 input the features are already 6x6, where the adaptive average pool is
