@@ -24,6 +24,10 @@ from cifar_archive import build_archive  # noqa: E402
 # so that every subprocess (Snakemake, its jobs, SLURM's, the CLI, the GPU script's dry run) inherits
 # it, under plain `pytest` as under `make test`. A test that needs it off deletes the variable.
 os.environ[stand_in.SWITCH] = "1"
+# Two workers, each with trainings of 2 threads, share 2 cores: OpenMP threads that spin while they
+# wait take the cores from the other worker's (twice the time for two stand-in trainings side by
+# side). Waiting passively changes no number, only who holds the core. Set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture
