@@ -350,16 +350,13 @@ def test_the_workflow_stops_on_a_reserved_run_name_before_any_job(tmp_path):
     assert "AmbiguousRuleException" not in result.stdout + result.stderr and "Traceback" not in result.stderr
 
 
-def test_the_run_wildcard_s_pattern_matches_exactly_the_run_names():
-    """The trie that constrains the run wildcard (workflow/rules/common.smk): every name, names that
-    are prefixes of others included, and nothing else (a reserved name, a prefix, a longer name)."""
+def test_the_run_wildcard_takes_one_path_segment_but_no_workflow_file():
+    """workflow/rules/common.smk's constraint: a run's files, not the workflow's own beside them."""
     import re
 
-    names = list(expand_runs({"runs": {"tv": {"model": "torchvision", "seeds": 3}, "tv-a": {"model": "paper"}},
-                              "sweep": {"lr": [0.001, 0.0012, 0.01]}}))
-    names += ["a", "ab", "a.b"]
-    pattern = re.compile(config.names_pattern(names))
-    assert all(pattern.fullmatch(name) for name in names)
-    for other in ("tv", "tv-lr0.001", "tv-lr0.001-seed3", "tv-lr0.001-seed00", "abc", "a.", "summary", "", "aXb"):
-        assert not pattern.fullmatch(other), other
-    assert not re.compile(config.names_pattern([])).fullmatch("")
+    pattern = re.compile(f"metrics/(?P<run>{config.run_wildcard_pattern()})\\.csv")
+    assert pattern.fullmatch("metrics/tv-lr0.001-seed1.csv")["run"] == "tv-lr0.001-seed1"
+    assert pattern.fullmatch("metrics/summary-2.csv")["run"] == "summary-2"
+    for workflow_file in ("metrics/summary.csv", "metrics/settings.csv", "metrics/classes_by_setting.csv",
+                          "metrics/classes/x.csv"):
+        assert not pattern.fullmatch(workflow_file), workflow_file

@@ -211,6 +211,15 @@ def test_one_figure_in_a_fresh_folder_builds_only_what_it_needs(tmp_path, tiny_a
     assert planned_jobs(plan.stdout) == {"download": 1, "prepare": 1, "train": 1, "confusion": 1}
 
 
+def test_a_target_of_a_run_the_config_lacks_stops_naming_the_run(tmp_path, tiny_archive):
+    path, md5 = tiny_archive
+    workdir = make_workdir(tmp_path, tiny_config(str(path), md5))
+    result = snakemake(workdir, "results/figures/nosuchrun.png", "-n", check=False)
+    assert result.returncode != 0
+    assert "no run named 'nosuchrun' in the config (its runs: paper, torchvision)" in result.stdout + result.stderr
+    assert not (workdir / "results").exists()
+
+
 # Each in a folder of its own, never this checkout (Snakemake writes .snakemake/ into its folder,
 # and another test worker may be running Snakemake at the same time).
 def test_default_config_plans_one_training_per_run(tmp_path):

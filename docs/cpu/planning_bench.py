@@ -4,6 +4,7 @@ Writes, in a temporary folder, (1) a work folder for this workflow with a sweep 
 ``--lrs`` learning rates x ``--seeds`` seeds x 2 models (1,600 trainings by default), and (2) a bare
 Snakefile of the same shape: per run a 4-output training, metrics, a figure, class and confusion
 tables, and one summary over all runs, with nothing else (no config checks, no params functions).
+(3) the same bare workflow with this workflow's kind of rule (``script:``, ``log:``, ``conda:``).
 Then times ``snakemake -n -q --cores 1`` of each, alternately, ``--repeat`` times, and prints a
 Markdown table (the median and each time). The output of a run goes in docs/cpu/planning.md.
 
@@ -98,6 +99,21 @@ rule summary:
 '''
 
 
+def with_scripts(snakefile: str) -> str:
+    """``snakefile`` with this workflow's kind of rule: ``script:``, ``log:`` and ``conda:`` in every
+    rule but ``all`` (while planning, Snakemake checks each script job's source and each job's
+    software environment)."""
+    rules = snakefile.split("\n\n\nrule ")
+    changed = [rules[0]]
+    for rule in rules[1:]:
+        name = rule.split(":", 1)[0]
+        log = f'"logs/{name}/{{run}}.log"' if "{run}" in rule.split("output:", 1)[-1] else f'"logs/{name}.log"'
+        rule = rule.replace('    shell:\n        "touch {output}"',
+                            f'    log:\n        {log},\n    conda:\n        "env.yml"\n    script:\n        "touch.py"')
+        changed.append(rule)
+    return "\n\n\nrule ".join(changed)
+
+
 def sweep_config(lrs: int, seeds: int) -> dict:
     """``lrs`` learning rates from 1e-4 up (log-spaced), ``seeds`` seeds, both models."""
     values = [float(f"{1e-4 * 10 ** (3 * i / max(lrs - 1, 1)):.6g}") for i in range(lrs)]
@@ -126,12 +142,18 @@ def main() -> None:
         ours, bare = Path(tmp, "workflow"), Path(tmp, "bare")
         shutil.copytree(REPO / "config", ours / "config")
         (ours / "sweep.yaml").write_text(yaml.safe_dump(sweep_config(args.lrs, args.seeds)))
-        bare.mkdir()
-        (bare / "Snakefile").write_text(BARE)
-        (bare / "data.npz").touch()
+        scripted = Path(tmp, "bare-scripts")
+        for folder, snakefile in ((bare, BARE), (scripted, with_scripts(BARE))):
+            folder.mkdir()
+            (folder / "Snakefile").write_text(snakefile)
+            (folder / "data.npz").touch()
+        (scripted / "touch.py").write_text("for path in snakemake.output:\n    open(path, 'w').close()\n")
+        (scripted / "env.yml").write_text("channels: [conda-forge]\ndependencies: [python]\n")
         commands = {
             "this workflow": ([*snakemake, "-s", str(REPO / "Snakefile"), "--configfile=sweep.yaml"], ours),
             "bare workflow": ([*snakemake, "--config", f"lrs={args.lrs}", f"seeds={args.seeds}"], bare),
+            "bare workflow, script: log: conda:": ([*snakemake, "--config", f"lrs={args.lrs}", f"seeds={args.seeds}"],
+                                                    scripted),
         }
         times: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.repeat):  # alternately, so that both see the same machine
@@ -146,7 +168,8 @@ def main() -> None:
     print("| --- | --- | --- |")
     for name, values in times.items():
         print(f"| {name} | {medians[name]:.1f} | {', '.join(f'{v:.1f}' for v in values)} |")
-    print(f"\nratio: {medians['this workflow'] / medians['bare workflow']:.2f}")
+    for bare_name in list(medians)[1:]:
+        print(f"\nthis workflow / {bare_name}: {medians['this workflow'] / medians[bare_name]:.2f}")
 
 
 if __name__ == "__main__":

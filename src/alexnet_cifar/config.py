@@ -24,7 +24,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -355,32 +355,18 @@ def expand_runs(config: Mapping[str, Any]) -> dict[str, Run]:
     return runs
 
 
-def names_pattern(names: Iterable[str]) -> str:
-    """A regular expression that matches exactly ``names``, written as a trie (one branch per
-    shared prefix: ``tv-lr0.00(?:1-seed(?:0|1)|2-seed0)``), not as a plain alternation.
+def run_wildcard_pattern() -> str:
+    """The constraint of the workflow's run wildcard: one path segment, but not a stem of the
+    workflow's own files followed by its one extension (``metrics/summary.csv`` is the summary's,
+    never run ``summary``'s metrics; :func:`reserved_run_names` refuses such runs).
 
-    The workflow's run wildcard is constrained to the config's run names, and Snakemake matches
-    every file of the plan against every rule's output pattern: a plain alternation of N names is
-    tried name by name at each match, which made a 1,600-training plan spend most of its time in
-    the regex engine. No library in the dependencies builds such a pattern, hence these lines.
+    It does not list the config's run names: Snakemake copies the constraint into every output
+    pattern and rescans it each time it fills in a file name, and a list of 1,600 names made a
+    sweep's plan several times slower. A target naming no run of the config stops where the rules
+    look its settings up (``run_settings`` in workflow/rules/common.smk), naming the run.
     """
-    trie: dict = {}
-    for name in names:
-        node = trie
-        for char in name:
-            node = node.setdefault(char, {})
-        node[""] = {}  # a name ends here
-
-    def pattern(node: dict) -> str:
-        branches = [re.escape(char) + pattern(child) for char, child in node.items() if char]
-        if not branches:
-            return ""
-        ends = "" in node
-        if len(branches) == 1 and not ends:
-            return branches[0]
-        return f"(?:{'|'.join(branches)})" + ("?" if ends else "")
-
-    return pattern(trie) if trie else "(?!)"  # no runs: a pattern that matches nothing
+    reserved = "|".join(re.escape(name) for name in reserved_run_names())
+    return rf"(?!(?:{reserved})\.[^/.]+$)[^/]+"
 
 
 def resolve_run(config: Mapping[str, Any], run: str) -> RunSettings:

@@ -1,7 +1,7 @@
 import os
 
 # The Snakefile put src/ on sys.path; the config module reads configs without importing torch.
-from alexnet_cifar.config import differences_from_protocol, expand_runs, names_pattern
+from alexnet_cifar.config import differences_from_protocol, expand_runs, run_wildcard_pattern
 from alexnet_cifar.layout import RUN_FILES, RUN_FOLDER, RUN_METRICS, WORKFLOW_FILES
 
 # Normalised, so that targets spelled like the config (results/x, ./results/x) match the rules.
@@ -12,21 +12,33 @@ SWEPT_KEYS = list(config["sweep"])
 ENV = "../../environment.yml"  # relative to the rule files
 
 
-# Exactly the config's run names (an unknown name matches no rule), as a trie: Snakemake matches
-# every planned file against this, and a plain alternation of the names made a sweep's plan slow.
+# One path segment that is not one of the workflow's own files (config.run_wildcard_pattern says
+# why it does not list the run names); run_settings stops a target of a run the config lacks.
 wildcard_constraints:
-    run=names_pattern(RUNS),
+    run=run_wildcard_pattern(),
+
+
+def run_settings(wildcards):
+    """The settings of the run a job is for; a target of a run that the config does not define
+    stops here (every per-run job needs its run's training, whose params come from here)."""
+    if wildcards.run not in RUNS:
+        known = ", ".join(list(RUNS)[:5]) + (f" and {len(RUNS) - 5} more" if len(RUNS) > 5 else "")
+        raise ValueError(
+            f"no run named {wildcards.run!r} in the config (its runs: {known or 'none'}); "
+            f"name a run of the config, or add it under runs:"
+        )
+    return RUNS[wildcards.run].settings
 
 
 def result_params(wildcards):
     """What defines a run's result (not where or how fast it runs): a change retrains it."""
-    return RUNS[wildcards.run].settings.result_params()
+    return run_settings(wildcards).result_params()
 
 
 def figure_title(wildcards):
     """The run, its model, lr, batch and momentum, and every other setting in which it differs from
     the write-up's protocol."""
-    s = RUNS[wildcards.run].settings
+    s = run_settings(wildcards)
     title = f"{wildcards.run}: {s.model} AlexNet, lr {s.lr:g}, batch {s.batch_size}, momentum {s.momentum:g}"
     recipe = differences_from_protocol(s, leave_out=("lr", "batch_size", "momentum"))
     return title + (f"; {', '.join(recipe)}" if recipe else "")
@@ -34,7 +46,7 @@ def figure_title(wildcards):
 
 def protocol_differences(wildcards):
     """For a caption: what the run changes from the write-up's protocol, or that it changes nothing."""
-    differences = differences_from_protocol(RUNS[wildcards.run].settings)
+    differences = differences_from_protocol(run_settings(wildcards))
     return ", ".join(differences) if differences else "nothing (the write-up's protocol)"
 
 
