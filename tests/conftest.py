@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests import the cifar_archive
 
 import tiny_model  # noqa: E402
 from cifar_archive import build_archive  # noqa: E402
+from golden import default_protocol as golden_isa  # noqa: E402
 
 # The stand-in AlexNet (alexnet_cifar.stand_in) for the whole session: set here, in the environment,
 # so that every subprocess (Snakemake, its jobs, SLURM's, the CLI, the GPU script's dry run) inherits
@@ -28,6 +29,11 @@ os.environ[stand_in.SWITCH] = "1"
 # wait take the cores from the other worker's (twice the time for two stand-in trainings side by
 # side). Waiting passively changes no number, only who holds the core. Set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The golden history's last bits depend on the vector instructions that torch's own kernels and
+# oneDNN's pick (tests/golden/default_protocol.py records them with AVX2): pinned for the session,
+# and for its subprocesses, so that a processor with AVX-512 gives the same numbers.
+for _name, _value in golden_isa.ISA_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 
 @pytest.fixture

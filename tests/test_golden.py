@@ -5,16 +5,22 @@ from __future__ import annotations
 import json
 
 import pytest
-from golden.default_protocol import MODELS, golden_path, train_golden, weight_sums, without_seconds
+from golden.default_protocol import ISA_ENV, MODELS, golden_path, train_golden, weight_sums, without_seconds
 
 # The last bits of CPU arithmetic depend on the processor's vector instructions (recorded on an
-# x86_64 AMD EPYC, torch 2.14.1, 2 threads). Any change of behaviour (another random draw, order,
-# learning rate, initialisation or augmentation) moves these numbers by far more than 1e-6.
+# x86_64 AMD EPYC with AVX2, torch 2.14.1, 2 threads; tests/conftest.py caps them at AVX2 on a
+# processor with AVX-512, default_protocol.ISA_ENV). Any change of behaviour (another random draw,
+# order, learning rate, initialisation or augmentation) moves these numbers by far more than 1e-6.
 REL = 1e-6
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_a_default_training_gives_the_golden_history_and_weights(model, tmp_path):
+    import torch
+
+    assert torch.backends.cpu.get_cpu_capability() == "AVX2", (
+        f"torch computes with {torch.backends.cpu.get_cpu_capability()}, the golden files with AVX2: "
+        f"set {ISA_ENV} before torch's first operation (tests/conftest.py does), on a processor with AVX2")
     history = without_seconds(train_golden(model, tmp_path))
     golden = [json.loads(line) for line in golden_path(model).read_text().splitlines()]
     # the fields added since (validation) are null at the default settings; the rest as recorded

@@ -19,6 +19,11 @@ MODELS = ("torchvision", "paper")
 #: 10 training images (batches of 4, 4 and the last, smaller one of 2), 6 test images evaluated
 #: in batches of 4 and 2, two epochs, two threads (CPU results differ bitwise between thread counts)
 N_TRAIN, N_TEST, EPOCHS, EVAL_BATCH, THREADS = 10, 6, 2, 4, 2
+#: The vector instructions the files were recorded with (x86_64, AMD EPYC): the last bits of CPU
+#: arithmetic depend on them, and both torch's own kernels and oneDNN's pick the widest the
+#: processor has unless told. These variables cap them at AVX2, so a processor with AVX-512 gives
+#: the same numbers; they take effect only if set before torch's first operation (tests/conftest.py).
+ISA_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def golden_path(model: str, what: str = "history.jsonl") -> Path:
@@ -67,6 +72,9 @@ def without_seconds(history: list[dict]) -> list[dict]:
 
 
 def main() -> None:
+    import os
+
+    os.environ.update(ISA_ENV)  # before torch is imported below
     for model in MODELS:
         with tempfile.TemporaryDirectory() as tmp:
             history = train_golden(model, Path(tmp))
