@@ -15,15 +15,17 @@ Run through ``tests/gpu/gpu_session.sh`` (which sets the paths). Parts, in this 
 5. with the time left, the paper model at the default config, its history saved after every
    epoch; it resumes from its checkpoint in the work folder in the next call;
 6. the ladder's four recipe runs (``config/ladder.yaml``, seed 0 each: the paper's recipe with and
-   without LRN, the modern recipe for paper and torchvision), one after the other, each for an
-   equal share of the time left, one history line saved per epoch; a run cut at its share resumes
-   from its checkpoint in the next call, and a run finished in an earlier call is not trained again.
+   without LRN, the modern recipe for paper and torchvision), or those ``--ladder-runs`` names, one
+   after the other in its order, each for an equal share of the time left, one history line saved
+   per epoch; a run cut at its share resumes from its checkpoint in the next call, and a run
+   finished in an earlier call is not trained again.
 
 Results go to OUT (flat, at most 8 files): ``session.log``, ``session.json`` (the machine, the
-versions and each part's outcome, rewritten after every part), ``bench.csv``, ``bench.md``,
-``profile.csv``, ``graph_vs_eager.json``, ``history_paper.json`` and ``history_ladder.json``. The
-data and the checkpoints live in the work folder, outside OUT. ``--tiny`` shrinks everything for a
-dry run on the CPU (part 6: batch 4, 2 validation images, 3 epochs a run, no bf16).
+versions, the commit that ran: ``--commit`` or $ALEXNET_CIFAR_COMMIT where the copy has no .git,
+and each part's outcome, rewritten after every part), ``bench.csv``, ``bench.md``, ``profile.csv``,
+``graph_vs_eager.json``, ``history_paper.json`` and ``history_ladder.json``. The data and the
+checkpoints live in the work folder, outside OUT. ``--tiny`` shrinks everything for a dry run on
+the CPU (part 6: batch 4, 2 validation images, 3 epochs a run, no bf16).
 """
 from __future__ import annotations
 
@@ -76,7 +78,7 @@ class Session:
         self.args, self.out, self.work = args, Path(args.out), Path(args.work)
         self.deadline = time.monotonic() + args.deadline
         self.device = torch.device(args.device)
-        self.report: dict = {"machine": machine(self.device), "deadline_s": args.deadline,
+        self.report: dict = {"machine": machine(self.device, args.commit), "deadline_s": args.deadline,
                              "parts": {}, "args": vars(args)}
 
     def left(self) -> float:
@@ -255,14 +257,14 @@ class Session:
                 self.save()
             return save
 
-        for position, run in enumerate(LADDER_RUNS):
+        for position, run in enumerate(self.args.ladder_runs):
             out_dir = self.work / "part6" / run
             runs[run] = {}
             if (out_dir / HISTORY_FILE).exists():  # finished in an earlier call
                 saved(run)(read_history(out_dir / HISTORY_FILE))
                 runs[run]["status"] = "finished in an earlier call"
                 continue
-            share = (self.left() - self.margin) / (len(LADDER_RUNS) - position)
+            share = (self.left() - self.margin) / (len(self.args.ladder_runs) - position)
             settings = self.ladder_settings(run)
             trained = self.as_trained(settings)
             runs[run].update(share_s=round(share), settings=settings.result_params(), trained_model=trained.model)
@@ -280,11 +282,27 @@ class Session:
         return [self.args.train_model] if self.args.train_model else self.models()
 
 
-def machine(device: torch.device) -> dict:
+#: the environment variable that gives the commit where git cannot tell it (a device machine gets a
+#: copy of the working tree without .git); --commit does the same
+COMMIT_ENV = "ALEXNET_CIFAR_COMMIT"
+
+
+def session_commit(given: str | None) -> tuple[str | None, str]:
+    """The commit this session runs and where that came from: ``given`` (``--commit``, else
+    $ALEXNET_CIFAR_COMMIT), else git's answer for the checkout; ``(None, "unknown")`` if neither."""
+    given = given or os.environ.get(COMMIT_ENV)
+    if given:
+        return given, "given"
+    found = provenance.git_commit(REPO)
+    return (found, "git") if found else (None, "unknown")
+
+
+def machine(device: torch.device, commit: str | None = None) -> dict:
     cuda = device.type == "cuda"
+    git_commit, source = session_commit(commit)
     return {"device": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-            "git_commit": provenance.git_commit(REPO), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            "git_commit": git_commit, "git_commit_from": source, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -303,7 +321,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "dry run's stand-in: they check the bookkeeping; part 1 trains the real ones); "
                         "session.json keeps each run's settings")
     parser.add_argument("--ladder-epochs", type=int, help="with --tiny: part 6's epochs a run (default 3)")
+    parser.add_argument("--ladder-runs", default=",".join(LADDER_RUNS),
+                        help=f"part 6's runs, in the order to train them (default {','.join(LADDER_RUNS)})")
+    parser.add_argument("--commit", help=f"the commit that runs, for session.json where git cannot tell it (a copy "
+                        f"without .git); default ${COMMIT_ENV}, else git's")
     args = parser.parse_args(argv)
+    args.ladder_runs = tuple(args.ladder_runs.split(","))
+    unknown = [run for run in args.ladder_runs if run not in LADDER_RUNS]
+    if unknown or len(set(args.ladder_runs)) != len(args.ladder_runs):
+        parser.error(f"--ladder-runs {','.join(args.ladder_runs)}: name each of {', '.join(LADDER_RUNS)} at most "
+                     f"once" + (f" ({', '.join(unknown)} is not one)" if unknown else " (one is named twice)"))
     args.parts = sorted({int(p) for p in args.parts.split(",")})
     if set(args.parts) - set(PARTS):
         parser.error(f"--parts: choose from {PARTS}")
