@@ -14,7 +14,9 @@ Usage::
         cluster.completed_jobs()           # SLURM's own record of every finished job (jobcomp)
 
 Daemons are stopped by the PIDs in their pid files, newest first (slurmd, slurmctld, munged),
-also when the test failed; jobs still running are cancelled first.
+also when the test failed; jobs still running are cancelled first. If the process that started
+them dies before it can stop them (an xdist worker killed while its SIGINT teardown runs), a reaper
+it started first does: see :func:`reap`.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -139,6 +142,8 @@ class SlurmCluster:
                      "slurmd": self.root / "slurmd.log"}
         self._procs: dict[str, subprocess.Popen] = {}
         self._started: list[str] = []  # in start order; stopped in reverse
+        self._reaper: subprocess.Popen | None = None
+        self._reaper_pipe: int | None = None  # its write end: closed only by us, or by our death
 
     # -- environment ---------------------------------------------------------------------
     @property
@@ -338,15 +343,34 @@ PartitionName=gpu Nodes={self.node} Default=NO MaxTime=INFINITE State=UP
                     continue
         self._started.clear()
 
+    def _start_reaper(self) -> None:
+        """A process of its own session that waits on a pipe whose only writer is this process:
+        if this process dies, however (SIGKILL included), the pipe ends without a word and the
+        reaper stops the daemons; :meth:`_dismiss_reaper` tells it they are stopped."""
+        read_end, self._reaper_pipe = os.pipe()
+        self._reaper = subprocess.Popen([sys.executable, __file__, "--reap", str(self.root)], stdin=read_end,
+                                        env=self.env, start_new_session=True)
+        os.close(read_end)
+
+    def _dismiss_reaper(self) -> None:
+        if self._reaper_pipe is not None:
+            os.write(self._reaper_pipe, STOPPED)
+            os.close(self._reaper_pipe)
+            self._reaper_pipe = None
+            self._reaper.wait(timeout=60)
+
     def __enter__(self) -> SlurmCluster:
+        self._start_reaper()  # before the first daemon
         try:
             return self.start()
         except BaseException:
             self.stop()
+            self._dismiss_reaper()
             raise
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        self._dismiss_reaper()
 
     # -- what SLURM recorded -------------------------------------------------------------
     def show_job(self, jobid: str | int) -> dict[str, str]:
@@ -360,3 +384,67 @@ PartitionName=gpu Nodes={self.node} Default=NO MaxTime=INFINITE State=UP
             return {}
         records = (parse_key_values(line) for line in self.jobcomp.read_text().splitlines() if line.strip())
         return {rec["JobId"]: rec for rec in records if "JobId" in rec}
+
+
+#: what a cluster writes to its reaper once it has stopped its daemons itself
+STOPPED = b"stopped"
+
+
+def processes_naming(root: str) -> list[int]:
+    """Processes (but this one) whose command line names ``root``: the cluster's daemons."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid() or not running(int(entry.name)):
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if root.encode() in cmdline or any(root.encode() + b"/" in arg for arg in cmdline):
+            pids.append(int(entry.name))
+    return pids
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, which waits for a parent to collect it, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def reap(root: str, grace: float = 15.0) -> int:
+    """The reaper: block until the cluster's process closes our stdin. If it wrote :data:`STOPPED`
+    first, nothing is left to do. Otherwise it died with its daemons running: cancel the cluster's
+    jobs (their steps would outlive slurmd), SIGTERM every process that names ``root``, and SIGKILL
+    those still there after ``grace`` seconds. Returns how many it signalled."""
+    if sys.stdin.buffer.read() == STOPPED:
+        return 0
+    scancel = find_tool("scancel")
+    if scancel and (Path(root) / "slurm.conf").exists():
+        try:
+            subprocess.run([scancel, f"--user={pwd.getpwuid(os.getuid()).pw_name}"], capture_output=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            pass  # slurmctld may be gone already
+    pids = processes_naming(root)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace  # a grace for the daemons to exit, not a test's decision
+        while time.monotonic() < deadline and any(running(pid) for pid in pids):
+            time.sleep(0.2)
+        pids = [pid for pid in pids if running(pid)]
+        if not pids:
+            break
+    print(f"slurm_cluster reaper: the cluster in {root} lost its owner; stopped its daemons", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--reap"] and len(sys.argv) == 3:
+        reap(sys.argv[2])
+    else:
+        sys.exit("usage: slurm_cluster.py --reap ROOT")

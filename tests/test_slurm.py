@@ -400,3 +400,36 @@ def test_interrupted_training_resumes_from_its_checkpoint(cluster, shared, resum
     uninterrupted = shared["histories"].get("second")
     if uninterrupted is not None:
         assert history[:2] == uninterrupted
+
+
+@pytest.mark.parametrize("owner_stopped_them", [False, True])
+def test_the_reaper_stops_the_daemons_of_a_cluster_whose_owner_died(tmp_path, owner_stopped_them):
+    """Without SLURM: stand-ins for the daemons (processes whose command line names the cluster's
+    folder, waiting for a signal). Their owner's end of the pipe closes without a word, as when the
+    owner dies: the reaper stops them. After the word the owner writes once it has stopped them
+    itself, the reaper stops nothing."""
+    import slurm_cluster
+
+    root = tmp_path / "alexnet-slurm-test"
+    root.mkdir()
+    daemons = [subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()", f"--pid-file={root}/d{i}.pid"],
+                                start_new_session=True) for i in range(2)]
+    try:
+        read_end, write_end = os.pipe()
+        reaper = subprocess.Popen([sys.executable, slurm_cluster.__file__, "--reap", str(root)], stdin=read_end,
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+        os.close(read_end)
+        if owner_stopped_them:
+            os.write(write_end, slurm_cluster.STOPPED)
+        os.close(write_end)  # what the owner's death does
+        _, err = reaper.communicate(timeout=120)
+        assert reaper.returncode == 0
+        if owner_stopped_them:
+            assert all(d.poll() is None for d in daemons) and err == ""
+        else:
+            assert [d.wait(timeout=60) for d in daemons] == [-signal.SIGTERM] * 2
+            assert f"the cluster in {root} lost its owner; stopped its daemons" in err
+    finally:
+        for daemon in daemons:
+            daemon.kill()
+            daemon.wait()
