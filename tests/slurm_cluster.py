@@ -331,11 +331,7 @@ PartitionName=gpu Nodes={self.node} Default=NO MaxTime=INFINITE State=UP
         for name in reversed(self._started):
             pids = self._daemon_pids(name)
             for sig in (signal.SIGTERM, signal.SIGKILL):
-                for pid in pids:
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        pass
+                send(pids, sig)
                 try:
                     self._procs[name].wait(timeout=15)
                     break
@@ -405,6 +401,15 @@ def processes_naming(root: str) -> list[int]:
     return pids
 
 
+def send(pids: list[int], sig: int) -> None:
+    """``sig`` to each of ``pids`` that still exists."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def running(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, which waits for a parent to collect it, does not)."""
     try:
@@ -428,11 +433,7 @@ def reap(root: str, grace: float = 15.0) -> int:
             pass  # slurmctld may be gone already
     pids = processes_naming(root)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+        send(pids, sig)
         deadline = time.monotonic() + grace  # a grace for the daemons to exit, not a test's decision
         while time.monotonic() < deadline and any(running(pid) for pid in pids):
             time.sleep(0.2)
