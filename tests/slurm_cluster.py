@@ -396,7 +396,7 @@ def processes_naming(root: str) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if root.encode() in cmdline or any(root.encode() + b"/" in arg for arg in cmdline):
+        if any(arg == root.encode() or root.encode() + b"/" in arg for arg in cmdline):
             pids.append(int(entry.name))
     return pids
 
@@ -422,15 +422,13 @@ def reap(root: str, grace: float = 15.0) -> int:
     """The reaper: block until the cluster's process closes our stdin. If it wrote :data:`STOPPED`
     first, nothing is left to do. Otherwise it died with its daemons running: cancel the cluster's
     jobs (their steps would outlive slurmd), SIGTERM every process that names ``root``, and SIGKILL
-    those still there after ``grace`` seconds. Returns how many it signalled."""
+    those still there after ``grace`` seconds. Returns 0 if the owner had stopped them, else 1."""
     if sys.stdin.buffer.read() == STOPPED:
         return 0
-    scancel = find_tool("scancel")
-    if scancel and (Path(root) / "slurm.conf").exists():
-        try:
-            subprocess.run([scancel, f"--user={pwd.getpwuid(os.getuid()).pw_name}"], capture_output=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            pass  # slurmctld may be gone already
+    try:
+        SlurmCluster(root).cancel_all_jobs()  # the owner's own way; it returns at once without slurmctld
+    except Exception:  # a broken cluster must still be stopped
+        pass
     pids = processes_naming(root)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         send(pids, sig)
