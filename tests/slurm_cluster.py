@@ -425,10 +425,12 @@ def reap(root: str, grace: float = 15.0) -> int:
     those still there after ``grace`` seconds. Returns 0 if the owner had stopped them, else 1."""
     if sys.stdin.buffer.read() == STOPPED:
         return 0
-    try:
-        SlurmCluster(root).cancel_all_jobs()  # the owner's own way; it returns at once without slurmctld
-    except Exception:  # a broken cluster must still be stopped
-        pass
+    cluster = SlurmCluster(root)
+    if cluster.conf.exists():  # else no daemon ever started (scontrol would wait for a controller)
+        try:
+            cluster.cancel_all_jobs()  # the owner's own way
+        except Exception:  # a broken cluster must still be stopped
+            pass
     pids = processes_naming(root)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         send(pids, sig)
