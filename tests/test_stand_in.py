@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import warm_snakemake
 import yaml
 from workflow_helpers import REPO, make_workdir, planned_jobs, snakemake, tiny_config
 
@@ -60,8 +61,8 @@ def test_snakemake_plans_the_stand_in_only_with_the_switch(tmp_path, tiny_archiv
     workdir = make_workdir(tmp_path, tiny_config(str(path), md5, runs={"small": {"model": stand_in.NAME}}), base={})
     assert planned_jobs(snakemake(workdir, "-n").stdout)["train"] == 1
     env = {k: v for k, v in os.environ.items() if k != stand_in.SWITCH}
-    refused = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-                              "--configfile=tiny.yaml", "-n"], cwd=workdir, env=env, capture_output=True, text=True)
+    refused = warm_snakemake.run(["-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile=tiny.yaml", "-n"],
+                                 cwd=workdir, env=env, timeout=300)
     assert refused.returncode != 0
     assert "runs.small.model: 'tiny-alexnet' is not allowed; allowed values: paper, paper-lrn, torchvision" in \
         refused.stdout + refused.stderr

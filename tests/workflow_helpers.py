@@ -4,9 +4,9 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+import warm_snakemake
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,12 +39,13 @@ def tiny_config(url: str, md5: str, **overrides) -> dict:
 def snakemake(workdir: Path, *args: str, configfile: str = "tiny.yaml", check: bool = True,
               timeout: float = 900) -> subprocess.CompletedProcess:
     """``snakemake -s REPO/Snakefile -d WORKDIR --configfile=...`` (the ``=`` form: the option would
-    swallow the targets that follow it otherwise)."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           f"--configfile={configfile}", *args]
-    result = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    swallow the targets that follow it otherwise), in a process of its own forked from one that has
+    imported Snakemake already (warm_snakemake)."""
+    argv = ["-s", str(REPO / "Snakefile"), "-d", str(workdir), f"--configfile={configfile}", *args]
+    result = warm_snakemake.run(argv, cwd=workdir, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(f"snakemake {' '.join(argv)} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
     return result
 
 

@@ -37,7 +37,7 @@ stop_load() {
   kill -KILL -- "-$load_pid" 2>/dev/null
   wait "$load_pid" 2>/dev/null
   rm -f "$stop_file"
-  left=$(pgrep -f 'alexnet-slurm-|pytest -n 2 --dist loadfile -q -p no:cacheprovider$' || true)
+  left=$(pgrep -f 'alexnet-slurm-|multiprocessing.forkserver|pytest -n 2 --dist loadfile -q -p no:cacheprovider$' || true)
   if [ -n "$left" ]; then echo "left behind by the load: $left" >&2; fi
 }
 if [ "$mode" = loaded ]; then
