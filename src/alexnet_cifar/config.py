@@ -293,8 +293,9 @@ class Run:
     swept: dict[str, Any]  # the sweep's values for this run, in the sweep's order
     values: dict[str, Any]  # its settings as the config gives them (train, run entry, sweep, seed)
 
-    @property
+    @functools.cached_property  # the rules' params functions ask for it several times a job
     def settings(self) -> RunSettings:
+        """The run's settings, checked (frozen: one object serves every caller)."""
         return RunSettings.from_mapping(self.values)
 
     def table_row(self) -> dict[str, Any]:
